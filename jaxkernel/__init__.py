@@ -1,0 +1,27 @@
+"""jaxkernel: adapt pretrained language models in JAX, hand them back to PyTorch.
+
+Example::
+
+    import jaxkernel
+    model = jaxkernel.from_pretrained("path/to/bert", task="token-classification", num_labels=7)
+    jaxkernel.save_pretrained(model, "out/")
+"""
+
+__version__ = "0.1.0"
+
+from jaxkernel.hf.pretrained import from_pretrained, save_pretrained  # noqa: E402
+from jaxkernel.models.bert import (  # noqa: E402
+    BertConfig,
+    BertForMaskedLM,
+    BertForQuestionAnswering,
+    BertForSequenceClassification,
+    BertForTokenClassification,
+    BertModel,
+)
+from jaxkernel.models.gpt2 import (  # noqa: E402
+    Gpt2Config,
+    Gpt2ForSequenceClassification,
+    Gpt2LMHeadModel,
+    Gpt2Model,
+    KVCache,
+)

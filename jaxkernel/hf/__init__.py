@@ -1,0 +1,1 @@
+"""Hugging Face interchange: mapping tables, checkpoint I/O, from/save_pretrained."""

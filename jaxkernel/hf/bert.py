@@ -1,0 +1,77 @@
+"""BERT <-> Hugging Face: the mapping table and config converters.
+
+Our attribute names equal HF's, so the table only renames Flax leaves
+(``kernel``/``scale``/``embedding``) and transposes torch ``nn.Linear`` weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from jaxkernel.hf.family import ModelFamily, labels_from_hf, labels_to_hf, register, reject_values
+from jaxkernel.hf.mapping import TRANSPOSE, Rule
+from jaxkernel.models.bert import (
+    BertConfig,
+    BertForMaskedLM,
+    BertForQuestionAnswering,
+    BertForSequenceClassification,
+    BertForTokenClassification,
+    BertModel,
+)
+from jaxkernel.models.layers import ACTIVATIONS
+
+BERT_TABLE = [
+    Rule("{p}.LayerNorm.weight", "{p}.LayerNorm.scale"),
+    Rule("{p}_embeddings.weight", "{p}_embeddings.embedding"),
+    Rule("{p}.weight", "{p}.kernel", TRANSPOSE),
+    Rule("{p}.bias", "{p}.bias"),
+    Rule("cls.predictions.bias", "cls.predictions.bias"),
+]
+
+# Buffers and tied copies found in HF BERT checkpoints.
+BERT_IGNORE = (r"embeddings\.position_ids$", r"cls\.predictions\.decoder\.(weight|bias)$")
+
+_ARCH_FIELDS = [f.name for f in dataclasses.fields(BertConfig) if f.name not in ("num_labels", "labels", "dtype")]
+
+
+def bert_config_from_hf(hf: dict, overrides: dict) -> BertConfig:
+    source = overrides.pop("source", "config.json")
+    reject_values(
+        hf, source,
+        {"position_embedding_type": "absolute", "is_decoder": False, "add_cross_attention": False},
+    )
+    if hf.get("hidden_act") not in ACTIVATIONS:
+        raise ValueError(f"{source}: hidden_act={hf.get('hidden_act')!r} is not supported; use one of {sorted(ACTIVATIONS)}")
+    num_labels, labels = labels_from_hf(hf, overrides.pop("num_labels", None), overrides.pop("labels", None))
+    values = {name: hf[name] for name in _ARCH_FIELDS if name in hf and hf[name] is not None}
+    if "pad_token_id" not in values:
+        values["pad_token_id"] = 0
+    values.update(overrides)
+    return BertConfig(**values, num_labels=num_labels, labels=labels)
+
+
+def bert_config_to_hf(config: BertConfig) -> dict:
+    hf = {name: getattr(config, name) for name in _ARCH_FIELDS}
+    hf.update(model_type="bert", position_embedding_type="absolute", num_labels=config.num_labels)
+    hf.update(labels_to_hf(config.num_labels, config.labels))
+    return hf
+
+
+BERT_FAMILY = register(
+    ModelFamily(
+        model_type="bert",
+        config_class=BertConfig,
+        tasks={
+            "feature-extraction": (BertModel, "BertModel"),
+            "sequence-classification": (BertForSequenceClassification, "BertForSequenceClassification"),
+            "token-classification": (BertForTokenClassification, "BertForTokenClassification"),
+            "question-answering": (BertForQuestionAnswering, "BertForQuestionAnswering"),
+            "masked-lm": (BertForMaskedLM, "BertForMaskedLM"),
+        },
+        base_prefix="bert",
+        table=BERT_TABLE,
+        ignore=BERT_IGNORE,
+        config_from_hf=bert_config_from_hf,
+        config_to_hf=bert_config_to_hf,
+    )
+)

@@ -1,0 +1,75 @@
+"""GPT-2 <-> Hugging Face: the mapping table and config converters.
+
+HF GPT-2 uses ``Conv1D`` whose weight is (in, out) like our kernels: no
+transpose, except the classification ``score`` which is a torch ``nn.Linear``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from jaxkernel.hf.family import ModelFamily, labels_from_hf, labels_to_hf, register, reject_values
+from jaxkernel.hf.mapping import TRANSPOSE, Rule
+from jaxkernel.models.gpt2 import Gpt2Config, Gpt2ForSequenceClassification, Gpt2LMHeadModel, Gpt2Model
+from jaxkernel.models.layers import ACTIVATIONS
+
+GPT2_TABLE = [
+    Rule("{p}ln_{n}.weight", "{p}ln_{n}.scale"),
+    Rule("{p}wte.weight", "{p}wte.embedding"),
+    Rule("{p}wpe.weight", "{p}wpe.embedding"),
+    Rule("{p}c_{n}.weight", "{p}c_{n}.kernel"),  # Conv1D: already (in, out)
+    Rule("score.weight", "score.kernel", TRANSPOSE),
+    Rule("{p}.bias", "{p}.bias"),
+]
+
+# Causal-mask buffers of old checkpoints; lm_head is tied to wte (checked on load).
+GPT2_IGNORE = (r"attn\.(masked_)?bias$", r"^lm_head\.weight$")
+
+_ARCH_FIELDS = [f.name for f in dataclasses.fields(Gpt2Config) if f.name not in ("num_labels", "labels", "dtype")]
+
+
+def gpt2_config_from_hf(hf: dict, overrides: dict) -> Gpt2Config:
+    source = overrides.pop("source", "config.json")
+    reject_values(
+        hf, source,
+        {
+            "scale_attn_weights": True,
+            "scale_attn_by_inverse_layer_idx": False,
+            "add_cross_attention": False,
+            "tie_word_embeddings": True,
+        },
+    )
+    if hf.get("activation_function", "gelu_new") not in ACTIVATIONS:
+        raise ValueError(
+            f"{source}: activation_function={hf.get('activation_function')!r} is not supported; "
+            f"use one of {sorted(ACTIVATIONS)}"
+        )
+    num_labels, labels = labels_from_hf(hf, overrides.pop("num_labels", None), overrides.pop("labels", None))
+    values = {name: hf[name] for name in _ARCH_FIELDS if name in hf}
+    values.update(overrides)
+    return Gpt2Config(**values, num_labels=num_labels, labels=labels)
+
+
+def gpt2_config_to_hf(config: Gpt2Config) -> dict:
+    hf = {name: getattr(config, name) for name in _ARCH_FIELDS}
+    hf.update(model_type="gpt2", tie_word_embeddings=True, scale_attn_weights=True, num_labels=config.num_labels)
+    hf.update(labels_to_hf(config.num_labels, config.labels))
+    return hf
+
+
+GPT2_FAMILY = register(
+    ModelFamily(
+        model_type="gpt2",
+        config_class=Gpt2Config,
+        tasks={
+            "feature-extraction": (Gpt2Model, "GPT2Model"),
+            "causal-lm": (Gpt2LMHeadModel, "GPT2LMHeadModel"),
+            "sequence-classification": (Gpt2ForSequenceClassification, "GPT2ForSequenceClassification"),
+        },
+        base_prefix="transformer",
+        table=GPT2_TABLE,
+        ignore=GPT2_IGNORE,
+        config_from_hf=gpt2_config_from_hf,
+        config_to_hf=gpt2_config_to_hf,
+    )
+)

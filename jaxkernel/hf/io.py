@@ -1,0 +1,167 @@
+"""Reading and writing Hugging Face model directories.
+
+safetensors first: ``model.safetensors`` or a sharded set with
+``model.safetensors.index.json``. ``pytorch_model.bin`` is read only through
+torch with ``weights_only=True``; anything else is refused with a clear message.
+Hub ids are downloaded with ``huggingface_hub`` when the path is not a directory.
+
+Example::
+
+    directory = resolve_model_dir("sentence-transformers/all-MiniLM-L6-v2")
+    config = read_config(directory)
+    tensors = read_weights(directory)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+from safetensors.numpy import load_file, save_file
+
+CONFIG_NAME = "config.json"
+SAFE_WEIGHTS = "model.safetensors"
+SAFE_INDEX = "model.safetensors.index.json"
+TORCH_WEIGHTS = "pytorch_model.bin"
+TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt",
+    "vocab.json", "merges.txt", "added_tokens.json",
+)
+_HUB_PATTERNS = [CONFIG_NAME, "*.safetensors", SAFE_INDEX, "generation_config.json", *TOKENIZER_FILES]
+
+
+def resolve_model_dir(path_or_id: str | os.PathLike, revision: str | None = None) -> Path:
+    """A local directory as is, otherwise a hub id downloaded to the HF cache."""
+    path = Path(path_or_id).expanduser()
+    if path.is_dir():
+        return path
+    if path.exists():
+        raise FileNotFoundError(f"{path} is a file; pass the model *directory* that holds {CONFIG_NAME}")
+    looks_like_id = str(path_or_id).count("/") <= 1 and not str(path_or_id).startswith((".", "/", "~"))
+    if not looks_like_id:
+        raise FileNotFoundError(f"model directory {path} does not exist")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(str(path_or_id), revision=revision, allow_patterns=_HUB_PATTERNS))
+    except Exception as err:  # network, auth or unknown id: say which and how to fix
+        raise FileNotFoundError(
+            f"{path_or_id!r} is not a local directory and could not be fetched from the Hugging Face hub "
+            f"({type(err).__name__}: {err}). Pass a local model directory, or check the id and your network."
+        ) from err
+
+
+def read_config(directory: Path) -> dict:
+    file = Path(directory) / CONFIG_NAME
+    if not file.is_file():
+        raise FileNotFoundError(f"{file} not found: a Hugging Face model directory needs {CONFIG_NAME}")
+    try:
+        return json.loads(file.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{file} is not valid JSON: {err}") from err
+
+
+def read_weights(directory: Path) -> tuple[dict[str, np.ndarray], str]:
+    """All tensors of a model directory as numpy arrays, and the file name(s) read."""
+    directory = Path(directory)
+    if (directory / SAFE_WEIGHTS).is_file():
+        return _load_safetensors(directory / SAFE_WEIGHTS), SAFE_WEIGHTS
+    if (directory / SAFE_INDEX).is_file():
+        index = json.loads((directory / SAFE_INDEX).read_text())
+        tensors: dict[str, np.ndarray] = {}
+        for shard in sorted(set(index["weight_map"].values())):
+            if not (directory / shard).is_file():
+                raise FileNotFoundError(f"{SAFE_INDEX} names shard {shard}, which is missing from {directory}")
+            tensors.update(_load_safetensors(directory / shard))
+        return tensors, SAFE_INDEX
+    if (directory / TORCH_WEIGHTS).is_file():
+        return _load_torch_bin(directory / TORCH_WEIGHTS), TORCH_WEIGHTS
+    found = sorted(p.name for p in directory.iterdir()) if directory.is_dir() else []
+    raise FileNotFoundError(
+        f"no weights in {directory}: expected {SAFE_WEIGHTS}, {SAFE_INDEX} or {TORCH_WEIGHTS}; found {found}"
+    )
+
+
+def _load_safetensors(file: Path) -> dict[str, np.ndarray]:
+    try:
+        return load_file(str(file))
+    except Exception as err:
+        if "bfloat16" in str(err) or "bf16" in str(err).lower():
+            return _load_safetensors_via_torch(file)
+        raise ValueError(f"{file} is not a readable safetensors file: {err}") from err
+
+
+def _load_safetensors_via_torch(file: Path) -> dict[str, np.ndarray]:
+    from safetensors.torch import load_file as load_torch
+
+    return {k: v.float().numpy() for k, v in load_torch(str(file)).items()}
+
+
+def _load_torch_bin(file: Path) -> dict[str, np.ndarray]:
+    try:
+        import torch
+    except ImportError as err:
+        raise ImportError(
+            f"{file} is a PyTorch pickle; reading it needs torch (pip install torch), "
+            "or convert the checkpoint to model.safetensors"
+        ) from err
+    state = torch.load(str(file), map_location="cpu", weights_only=True)
+    return {k: v.float().numpy() if v.is_floating_point() else v.numpy() for k, v in state.items()}
+
+
+def parse_size(size: int | str) -> int:
+    """``"5GB"`` / ``"200MB"`` / bytes -> bytes."""
+    if isinstance(size, int):
+        return size
+    units = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "B": 1}
+    text = size.strip().upper()
+    for unit, factor in sorted(units.items(), key=lambda kv: -len(kv[0])):
+        if text.endswith(unit):
+            return int(float(text[: -len(unit)]) * factor)
+    return int(text)
+
+
+def write_weights(tensors: dict[str, np.ndarray], directory: Path, max_shard_size: int | str = "5GB") -> list[str]:
+    """Write ``model.safetensors``, or shards plus an index past ``max_shard_size``."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    limit = parse_size(max_shard_size)
+    shards: list[dict[str, np.ndarray]] = [{}]
+    size = 0
+    for key in sorted(tensors):
+        nbytes = tensors[key].nbytes
+        if shards[-1] and size + nbytes > limit:
+            shards.append({})
+            size = 0
+        shards[-1][key] = tensors[key]
+        size += nbytes
+    metadata = {"format": "pt"}
+    if len(shards) == 1:
+        save_file(shards[0], str(directory / SAFE_WEIGHTS), metadata=metadata)
+        return [SAFE_WEIGHTS]
+    names = [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    weight_map = {}
+    for name, shard in zip(names, shards):
+        save_file(shard, str(directory / name), metadata=metadata)
+        weight_map.update({key: name for key in shard})
+    index = {"metadata": {"total_size": sum(t.nbytes for t in tensors.values())}, "weight_map": weight_map}
+    (directory / SAFE_INDEX).write_text(json.dumps(index, indent=2, sort_keys=True))
+    return names + [SAFE_INDEX]
+
+
+def write_config(config: dict, directory: Path) -> None:
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    (Path(directory) / CONFIG_NAME).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def copy_tokenizer_files(source: Path, directory: Path) -> list[str]:
+    """Copy the tokenizer files that exist in ``source`` to ``directory``."""
+    copied = []
+    for name in TOKENIZER_FILES:
+        if (Path(source) / name).is_file():
+            shutil.copyfile(Path(source) / name, Path(directory) / name)
+            copied.append(name)
+    return copied

@@ -1,0 +1,158 @@
+"""One declarative table per model, run in both directions.
+
+A table is a list of ``Rule(hf, ours, transform)``. Templates use ``{name}``
+placeholders that match any run of characters (dots included), so
+``Rule("{p}.weight", "{p}.kernel", TRANSPOSE)`` maps every torch ``nn.Linear``.
+The first rule whose *our* template matches a parameter path wins.
+
+``import_tensors`` fills a model from HF tensors and ``export_tensors`` produces
+them; both check that every tensor is used exactly once, so a table that drops or
+duplicates a weight fails loudly instead of giving wrong numbers.
+
+Example::
+
+    TABLE = [Rule("{p}.LayerNorm.weight", "{p}.LayerNorm.scale"),
+             Rule("{p}.weight", "{p}.kernel", TRANSPOSE)]
+    report = import_tensors(model, tensors, TABLE, source="model.safetensors")
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Callable, Iterable
+
+import numpy as np
+from flax import nnx
+
+
+@dataclasses.dataclass(frozen=True)
+class Transform:
+    """An invertible array transform: ``to_ours`` on import, ``to_hf`` on export."""
+
+    name: str
+    to_ours: Callable[[np.ndarray], np.ndarray]
+    to_hf: Callable[[np.ndarray], np.ndarray]
+
+
+IDENTITY = Transform("identity", lambda a: a, lambda a: a)
+TRANSPOSE = Transform("transpose", lambda a: a.T, lambda a: a.T)  # torch Linear (out, in) <-> (in, out)
+
+
+def _template_regex(template: str) -> re.Pattern:
+    parts = re.split(r"(\{\w+\})", template)
+    regex = "".join(f"(?P<{p[1:-1]}>.*?)" if p.startswith("{") else re.escape(p) for p in parts)
+    return re.compile(regex)
+
+
+@dataclasses.dataclass(frozen=True)
+class Rule:
+    hf: str
+    ours: str
+    transform: Transform = IDENTITY
+
+    def match_ours(self, path: str) -> str | None:
+        """The HF key for our ``path``, or None if this rule does not apply."""
+        m = _template_regex(self.ours).fullmatch(path)
+        return self.hf.format(**m.groupdict()) if m else None
+
+    def match_hf(self, key: str) -> str | None:
+        m = _template_regex(self.hf).fullmatch(key)
+        return self.ours.format(**m.groupdict()) if m else None
+
+
+class MappingError(ValueError):
+    """A checkpoint does not fit the model: names the tensor, file and expectation."""
+
+
+@dataclasses.dataclass
+class ImportReport:
+    """What an import did; ``unused`` HF tensors and ``initialized`` params are warned about."""
+
+    loaded: list[str]
+    unused: list[str]
+    initialized: list[str]
+
+
+def param_paths(model: nnx.Module) -> dict[str, nnx.Variable]:
+    """Dotted path -> Param variable for every parameter of ``model``."""
+    return {
+        ".".join(str(part) for part in path): var
+        for path, var in nnx.iter_graph(model)
+        if isinstance(var, nnx.Param)
+    }
+
+
+def hf_key_for(path: str, table: Iterable[Rule]) -> tuple[str, Rule]:
+    for rule in table:
+        key = rule.match_ours(path)
+        if key is not None:
+            return key, rule
+    raise MappingError(f"no mapping rule covers parameter {path!r}; add a Rule to the model's table")
+
+
+def import_tensors(
+    model: nnx.Module,
+    tensors: dict[str, np.ndarray],
+    table: list[Rule],
+    *,
+    source: str,
+    may_initialize: tuple[str, ...] = (),
+    ignore: tuple[str, ...] = (),
+) -> ImportReport:
+    """Copy HF ``tensors`` into ``model`` in place, through ``table``.
+
+    Args:
+      model: the model to fill; its parameter shapes are the expectation.
+      tensors: HF key -> array (already prefix-normalised to the model).
+      table: the model's mapping rules.
+      source: file name used in error messages.
+      may_initialize: path prefixes (task heads) that may be missing from the
+        checkpoint; they keep their fresh initialisation and are reported.
+      ignore: regexes of HF keys that are known buffers or tied copies.
+
+    Raises:
+      MappingError: a parameter has no tensor, or a tensor has the wrong shape.
+    """
+    used: set[str] = set()
+    loaded, initialized, missing = [], [], []
+    for path, var in param_paths(model).items():
+        key, rule = hf_key_for(path, table)
+        if key not in tensors:
+            if path.startswith(may_initialize) and may_initialize:
+                initialized.append(path)
+                continue
+            missing.append(f"{key} (for {path})")
+            continue
+        if key in used:
+            raise MappingError(f"tensor {key!r} in {source} would be used twice (second time for {path})")
+        value = rule.transform.to_ours(np.asarray(tensors[key]))
+        expected = tuple(var.shape)
+        if tuple(value.shape) != expected:
+            raise MappingError(
+                f"tensor {key!r} in {source} has shape {tuple(np.asarray(tensors[key]).shape)}; "
+                f"parameter {path} expects {expected} after {rule.transform.name}: "
+                "does config.json match the weights?"
+            )
+        var[...] = np.asarray(value, dtype=var.dtype)
+        used.add(key)
+        loaded.append(path)
+    if missing:
+        raise MappingError(
+            f"{source} lacks {len(missing)} tensor(s) the model needs: {', '.join(missing[:8])}"
+            + (" ..." if len(missing) > 8 else "")
+        )
+    ignored = re.compile("|".join(ignore)) if ignore else None
+    unused = sorted(k for k in tensors if k not in used and not (ignored and ignored.search(k)))
+    return ImportReport(loaded=loaded, unused=unused, initialized=initialized)
+
+
+def export_tensors(model: nnx.Module, table: list[Rule]) -> dict[str, np.ndarray]:
+    """HF key -> contiguous numpy array for every parameter, each key exactly once."""
+    out: dict[str, np.ndarray] = {}
+    for path, var in param_paths(model).items():
+        key, rule = hf_key_for(path, table)
+        if key in out:
+            raise MappingError(f"two parameters map to HF key {key!r} (second: {path}); the table is ambiguous")
+        out[key] = np.ascontiguousarray(rule.transform.to_hf(np.asarray(var[...])))
+    return out

@@ -1,0 +1,147 @@
+"""``from_pretrained`` / ``save_pretrained``: HF directories in, HF directories out.
+
+Example::
+
+    model = jaxkernel.from_pretrained("bert-base-cased", task="token-classification", num_labels=7)
+    jaxkernel.save_pretrained(model, "out/", tokenizer_from="bert-base-cased")
+    # PyTorch: transformers.AutoModelForTokenClassification.from_pretrained("out/")
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+from flax import nnx
+
+from jaxkernel.hf import io
+from jaxkernel.hf.family import ModelFamily, family_for, family_of
+from jaxkernel.hf.mapping import MappingError, export_tensors, import_tensors
+
+log = logging.getLogger(__name__)
+
+
+def build_model(family: ModelFamily, task: str, config, *, seed: int = 0) -> nnx.Module:
+    family.check_task(task)
+    cls, _ = family.tasks[task]
+    return cls(config, rngs=nnx.Rngs(seed))
+
+
+def config_from_pretrained(path_or_id: str | os.PathLike, *, revision: str | None = None, **overrides):
+    """(family, config, task from ``architectures``, directory) for a checkpoint."""
+    directory = io.resolve_model_dir(path_or_id, revision)
+    hf = io.read_config(directory)
+    source = str(directory / io.CONFIG_NAME)
+    family = family_for(hf.get("model_type"), source)
+    config = family.config_from_hf(hf, {"source": source, **overrides})
+    return family, config, family.task_for_architecture(hf.get("architectures")), directory
+
+
+def from_pretrained(
+    path_or_id: str | os.PathLike,
+    *,
+    task: str | None = None,
+    num_labels: int | None = None,
+    labels: list[str] | tuple[str, ...] | None = None,
+    dtype: str | None = None,
+    seed: int = 0,
+    revision: str | None = None,
+) -> nnx.Module:
+    """Load a Hugging Face BERT or GPT-2 checkpoint as a jaxkernel model.
+
+    Args:
+      path_or_id: a local HF model directory, or a hub id (downloaded, needs internet).
+      task: "feature-extraction", "sequence-classification", "token-classification",
+        "question-answering", "masked-lm" (BERT) or "causal-lm" (GPT-2). Default:
+        from the checkpoint's ``architectures``.
+      num_labels / labels: size and names of a classification head.
+      dtype: compute dtype, e.g. "bfloat16" (parameters stay float32).
+      seed: initialises task heads that the checkpoint does not contain.
+
+    Returns:
+      The model in eval mode (dropout off); call ``model.train()`` to fine-tune.
+    """
+    overrides = {"num_labels": num_labels, "labels": labels}
+    if dtype is not None:
+        overrides["dtype"] = dtype
+    family, config, default_task, directory = config_from_pretrained(path_or_id, revision=revision, **overrides)
+    task = task or default_task
+    model = build_model(family, task, config, seed=seed)
+    tensors, source = io.read_weights(directory)
+    load_tensors(model, tensors, source=str(directory / source))
+    return model
+
+
+def _normalise_prefix(model: nnx.Module, family: ModelFamily, tensors: dict) -> dict:
+    """Add or strip the base-model prefix so checkpoint keys match the model (as HF does)."""
+    prefix = family.base_prefix + "."
+    model_has = hasattr(model, family.base_prefix)
+    ckpt_has = any(k.startswith(prefix) for k in tensors)
+    if model_has and not ckpt_has:
+        return {prefix + k: v for k, v in tensors.items()}
+    if not model_has and ckpt_has:
+        return {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in tensors.items()}
+    return tensors
+
+
+def load_tensors(model: nnx.Module, tensors: dict[str, np.ndarray], *, source: str) -> None:
+    """Fill ``model`` in place from HF-named tensors; heads missing from them stay random."""
+    family = family_of(model)
+    tensors = _normalise_prefix(model, family, tensors)
+    _check_tied_lm_head(model, tensors, source)
+    report = import_tensors(
+        model, tensors, family.table, source=source,
+        may_initialize=getattr(model, "head_modules", ()) + (f"{family.base_prefix}.pooler.",),
+        ignore=family.ignore,
+    )
+    if report.initialized:
+        log.warning("%s: newly initialised (not in the checkpoint): %s", source, ", ".join(report.initialized))
+    if report.unused:
+        log.warning("%s: unused tensors (other heads?): %s", source, ", ".join(report.unused))
+
+
+def _check_tied_lm_head(model, tensors, source) -> None:
+    head, wte = tensors.get("lm_head.weight"), tensors.get("transformer.wte.weight", tensors.get("wte.weight"))
+    if head is not None and wte is not None and not np.array_equal(np.asarray(head), np.asarray(wte)):
+        raise MappingError(f"{source}: lm_head.weight differs from wte.weight; jaxkernel GPT-2 ties them")
+
+
+def hf_config_for(model: nnx.Module) -> dict:
+    family = family_of(model)
+    hf = family.config_to_hf(model.config)
+    hf["architectures"] = [family.tasks[model.task][1]]
+    return hf
+
+
+def save_pretrained(
+    model: nnx.Module,
+    directory: str | os.PathLike,
+    *,
+    tokenizer=None,
+    tokenizer_from: str | os.PathLike | None = None,
+    max_shard_size: int | str = "5GB",
+) -> Path:
+    """Write ``model`` as a directory that ``transformers.AutoModelFor*.from_pretrained`` loads.
+
+    Args:
+      model: any jaxkernel BERT/GPT-2 model.
+      directory: output directory (created).
+      tokenizer: optional object with ``save_pretrained`` (a transformers tokenizer).
+      tokenizer_from: or a model directory whose tokenizer files are copied.
+      max_shard_size: past this, weights are split into shards plus an index.
+
+    Returns:
+      The output directory.
+    """
+    directory = Path(directory)
+    family = family_of(model)
+    tensors = export_tensors(model, family.table)
+    io.write_weights(tensors, directory, max_shard_size)
+    io.write_config(hf_config_for(model), directory)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(directory))
+    elif tokenizer_from is not None:
+        io.copy_tokenizer_files(io.resolve_model_dir(tokenizer_from), directory)
+    return directory

@@ -1,0 +1,1 @@
+"""Flax NNX BERT and GPT-2 with HF-compatible structure."""

@@ -1,0 +1,326 @@
+"""BERT encoder and the heads users fine-tune, as Flax NNX modules.
+
+Attribute names mirror Hugging Face (``encoder.layer[i].attention.self.query``) so
+the HF mapping table (``jaxkernel.hf.bert``) is a handful of rules.
+
+Example::
+
+    config = BertConfig(vocab_size=30522, hidden_size=384, num_hidden_layers=6,
+                        num_attention_heads=12, intermediate_size=1536, num_labels=7)
+    model = BertForTokenClassification(config, rngs=nnx.Rngs(0))
+    logits = model(input_ids, attention_mask)          # (B, T, 7)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxkernel.models.attention import attention, padding_mask
+from jaxkernel.models.layers import ACTIVATIONS, Embed, LayerNorm, Linear, logical_param
+
+
+@dataclasses.dataclass(frozen=True)
+class BertConfig:
+    """Architecture and head hyper-parameters; field names follow HF's BertConfig."""
+
+    vocab_size: int = 30522
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_act: str = "gelu"
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    initializer_range: float = 0.02
+    layer_norm_eps: float = 1e-12
+    pad_token_id: int = 0
+    classifier_dropout: float | None = None
+    num_labels: int = 2
+    labels: tuple[str, ...] | None = None  # label names, index = class id
+    dtype: str | None = None  # compute dtype, e.g. "bfloat16"; params stay float32
+
+    def __post_init__(self):
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"hidden_size {self.hidden_size} is not divisible by num_attention_heads "
+                f"{self.num_attention_heads}: pick sizes where hidden_size = heads * head_dim"
+            )
+        if self.hidden_act not in ACTIVATIONS:
+            raise ValueError(f"hidden_act {self.hidden_act!r} is not supported; use one of {sorted(ACTIVATIONS)}")
+        if self.labels is not None and len(self.labels) != self.num_labels:
+            raise ValueError(f"{len(self.labels)} label names given for num_labels={self.num_labels}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+    @property
+    def compute_dtype(self):
+        return None if self.dtype is None else jnp.dtype(self.dtype)
+
+
+class EncoderOutput(NamedTuple):
+    last_hidden_state: jax.Array  # (B, T, D)
+    pooler_output: jax.Array | None  # (B, D)
+
+
+def _dropout(rate: float, rngs: nnx.Rngs) -> nnx.Dropout:
+    # Built in eval mode: model.train() turns dropout on for fine-tuning.
+    return nnx.Dropout(rate, deterministic=True, rngs=rngs)
+
+
+def _linear(config: BertConfig, n_in: int, n_out: int, axes, rngs: nnx.Rngs) -> Linear:
+    return Linear(n_in, n_out, axes=axes, stddev=config.initializer_range, dtype=config.compute_dtype, rngs=rngs)
+
+
+class BertEmbeddings(nnx.Module):
+    def __init__(self, config: BertConfig, *, rngs: nnx.Rngs):
+        init = dict(stddev=config.initializer_range, dtype=config.compute_dtype, rngs=rngs)
+        self.word_embeddings = Embed(config.vocab_size, config.hidden_size, **init)
+        self.position_embeddings = Embed(config.max_position_embeddings, config.hidden_size, axes=(None, "embed"), **init)
+        self.token_type_embeddings = Embed(config.type_vocab_size, config.hidden_size, axes=(None, "embed"), **init)
+        self.LayerNorm = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = _dropout(config.hidden_dropout_prob, rngs)
+
+    def __call__(self, input_ids, token_type_ids, position_ids):
+        x = self.word_embeddings(input_ids) + self.token_type_embeddings(token_type_ids)
+        x = x + self.position_embeddings(position_ids)
+        return self.dropout(self.LayerNorm(x))
+
+
+class BertSelfAttention(nnx.Module):
+    def __init__(self, config: BertConfig, *, rngs: nnx.Rngs):
+        self.num_heads = config.num_attention_heads
+        d = config.hidden_size
+        self.query = _linear(config, d, d, ("embed", "heads"), rngs)
+        self.key = _linear(config, d, d, ("embed", "heads"), rngs)
+        self.value = _linear(config, d, d, ("embed", "heads"), rngs)
+        self.dropout = _dropout(config.attention_probs_dropout_prob, rngs)
+
+    def __call__(self, x, mask, prefix_kv=None):
+        def split_heads(t):  # (B, T, D) -> (B, T, N, H)
+            return t.reshape(t.shape[:-1] + (self.num_heads, -1))
+
+        q, k, v = (split_heads(proj(x)) for proj in (self.query, self.key, self.value))
+        out = attention(q, k, v, mask, prefix_kv=prefix_kv, dropout=self.dropout)
+        return out.reshape(out.shape[:-2] + (-1,))
+
+
+class BertSelfOutput(nnx.Module):
+    def __init__(self, config: BertConfig, *, rngs: nnx.Rngs):
+        self.dense = _linear(config, config.hidden_size, config.hidden_size, ("heads", "embed"), rngs)
+        self.LayerNorm = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = _dropout(config.hidden_dropout_prob, rngs)
+
+    def __call__(self, h, residual):
+        return self.LayerNorm(self.dropout(self.dense(h)) + residual)
+
+
+class BertAttention(nnx.Module):
+    def __init__(self, config: BertConfig, *, rngs: nnx.Rngs):
+        self.self = BertSelfAttention(config, rngs=rngs)
+        self.output = BertSelfOutput(config, rngs=rngs)
+
+    def __call__(self, x, mask, prefix_kv=None):
+        return self.output(self.self(x, mask, prefix_kv), x)
+
+
+class BertIntermediate(nnx.Module):
+    def __init__(self, config: BertConfig, *, rngs: nnx.Rngs):
+        self.dense = _linear(config, config.hidden_size, config.intermediate_size, ("embed", "mlp"), rngs)
+        self.act = ACTIVATIONS[config.hidden_act]
+
+    def __call__(self, x):
+        return self.act(self.dense(x))
+
+
+class BertOutput(nnx.Module):
+    def __init__(self, config: BertConfig, *, rngs: nnx.Rngs):
+        self.dense = _linear(config, config.intermediate_size, config.hidden_size, ("mlp", "embed"), rngs)
+        self.LayerNorm = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = _dropout(config.hidden_dropout_prob, rngs)
+
+    def __call__(self, h, residual):
+        return self.LayerNorm(self.dropout(self.dense(h)) + residual)
+
+
+class BertLayer(nnx.Module):
+    def __init__(self, config: BertConfig, *, rngs: nnx.Rngs):
+        self.attention = BertAttention(config, rngs=rngs)
+        self.intermediate = BertIntermediate(config, rngs=rngs)
+        self.output = BertOutput(config, rngs=rngs)
+
+    def __call__(self, x, mask, prefix_kv=None):
+        h = self.attention(x, mask, prefix_kv)
+        return self.output(self.intermediate(h), h)
+
+
+class BertEncoder(nnx.Module):
+    def __init__(self, config: BertConfig, *, rngs: nnx.Rngs):
+        self.layer = nnx.List([BertLayer(config, rngs=rngs) for _ in range(config.num_hidden_layers)])
+
+    def __call__(self, x, mask, prefix_kv=None):
+        for i, layer in enumerate(self.layer):
+            x = layer(x, mask, None if prefix_kv is None else prefix_kv[i])
+        return x
+
+
+class BertPooler(nnx.Module):
+    def __init__(self, config: BertConfig, *, rngs: nnx.Rngs):
+        self.dense = _linear(config, config.hidden_size, config.hidden_size, ("embed", None), rngs)
+
+    def __call__(self, hidden):
+        return jnp.tanh(self.dense(hidden[:, 0]))
+
+
+class BertModel(nnx.Module):
+    """The bare encoder (HF ``BertModel``): returns hidden states and pooled output."""
+
+    task = "feature-extraction"
+
+    def __init__(self, config: BertConfig, *, add_pooling_layer: bool = True, rngs: nnx.Rngs):
+        self.config = config
+        self.embeddings = BertEmbeddings(config, rngs=rngs)
+        self.encoder = BertEncoder(config, rngs=rngs)
+        self.pooler = BertPooler(config, rngs=rngs) if add_pooling_layer else None
+
+    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, prefix_kv=None):
+        """Encode a batch.
+
+        Args:
+          input_ids: (B, T) token ids.
+          attention_mask: (B, T), 1 for real tokens, 0 for padding. Default all ones.
+          token_type_ids: (B, T) segment ids. Default zeros.
+          position_ids: (B, T). Default 0..T-1.
+          prefix_kv: optional per-layer list of (keys, values), each (B, P, N, H).
+
+        Returns:
+          EncoderOutput(last_hidden_state (B, T, D), pooler_output (B, D) or None).
+        """
+        batch, length = input_ids.shape
+        if attention_mask is None:
+            attention_mask = jnp.ones((batch, length), jnp.int32)
+        if token_type_ids is None:
+            token_type_ids = jnp.zeros((batch, length), jnp.int32)
+        if position_ids is None:
+            position_ids = jnp.broadcast_to(jnp.arange(length), (batch, length))
+        x = self.embeddings(input_ids, token_type_ids, position_ids)
+        hidden = self.encoder(x, padding_mask(attention_mask), prefix_kv)
+        pooled = self.pooler(hidden) if self.pooler is not None else None
+        return EncoderOutput(hidden, pooled)
+
+
+def _classifier_dropout(config: BertConfig) -> float:
+    return config.hidden_dropout_prob if config.classifier_dropout is None else config.classifier_dropout
+
+
+class BertForSequenceClassification(nnx.Module):
+    """[CLS] pooled output -> dropout -> linear: logits (B, num_labels)."""
+
+    task = "sequence-classification"
+    head_modules = ("classifier",)
+
+    def __init__(self, config: BertConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        self.bert = BertModel(config, add_pooling_layer=True, rngs=rngs)
+        self.dropout = _dropout(_classifier_dropout(config), rngs)
+        self.classifier = _linear(config, config.hidden_size, config.num_labels, ("embed", None), rngs)
+
+    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, prefix_kv=None):
+        out = self.bert(input_ids, attention_mask, token_type_ids, position_ids, prefix_kv)
+        return self.classifier(self.dropout(out.pooler_output))
+
+
+class BertForTokenClassification(nnx.Module):
+    """Per-token logits (B, T, num_labels), e.g. NER tags."""
+
+    task = "token-classification"
+    head_modules = ("classifier",)
+
+    def __init__(self, config: BertConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        self.bert = BertModel(config, add_pooling_layer=False, rngs=rngs)
+        self.dropout = _dropout(_classifier_dropout(config), rngs)
+        self.classifier = _linear(config, config.hidden_size, config.num_labels, ("embed", None), rngs)
+
+    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, prefix_kv=None):
+        out = self.bert(input_ids, attention_mask, token_type_ids, position_ids, prefix_kv)
+        return self.classifier(self.dropout(out.last_hidden_state))
+
+
+class BertForQuestionAnswering(nnx.Module):
+    """Extractive QA: returns (start_logits, end_logits), each (B, T)."""
+
+    task = "question-answering"
+    head_modules = ("qa_outputs",)
+
+    def __init__(self, config: BertConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        self.bert = BertModel(config, add_pooling_layer=False, rngs=rngs)
+        self.qa_outputs = _linear(config, config.hidden_size, 2, ("embed", None), rngs)
+
+    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, prefix_kv=None):
+        out = self.bert(input_ids, attention_mask, token_type_ids, position_ids, prefix_kv)
+        logits = self.qa_outputs(out.last_hidden_state)
+        return logits[..., 0], logits[..., 1]
+
+
+class BertPredictionHeadTransform(nnx.Module):
+    def __init__(self, config: BertConfig, *, rngs: nnx.Rngs):
+        self.dense = _linear(config, config.hidden_size, config.hidden_size, ("embed", None), rngs)
+        self.act = ACTIVATIONS[config.hidden_act]
+        self.LayerNorm = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+
+    def __call__(self, x):
+        return self.LayerNorm(self.act(self.dense(x)))
+
+
+class BertLMPredictionHead(nnx.Module):
+    """Transform, then the decoder tied to the word embeddings, plus its own bias."""
+
+    def __init__(self, config: BertConfig, *, rngs: nnx.Rngs):
+        self.transform = BertPredictionHeadTransform(config, rngs=rngs)
+        self.bias = logical_param(jnp.zeros((config.vocab_size,)), ("vocab",))
+
+    def __call__(self, x, word_embeddings: Embed):
+        return word_embeddings.attend(self.transform(x)) + self.bias[...]
+
+
+class BertOnlyMLMHead(nnx.Module):
+    def __init__(self, config: BertConfig, *, rngs: nnx.Rngs):
+        self.predictions = BertLMPredictionHead(config, rngs=rngs)
+
+
+class BertForMaskedLM(nnx.Module):
+    """Masked-LM logits (B, T, V); decoder weights tied to ``word_embeddings``."""
+
+    task = "masked-lm"
+    head_modules = ("cls",)
+
+    def __init__(self, config: BertConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        self.bert = BertModel(config, add_pooling_layer=False, rngs=rngs)
+        self.cls = BertOnlyMLMHead(config, rngs=rngs)
+
+    def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, prefix_kv=None):
+        out = self.bert(input_ids, attention_mask, token_type_ids, position_ids, prefix_kv)
+        return self.cls.predictions(out.last_hidden_state, self.bert.embeddings.word_embeddings)
+
+
+BERT_TASKS: dict[str, type[nnx.Module]] = {
+    cls.task: cls
+    for cls in (
+        BertModel,
+        BertForSequenceClassification,
+        BertForTokenClassification,
+        BertForQuestionAnswering,
+        BertForMaskedLM,
+    )
+}

@@ -1,0 +1,146 @@
+"""Building blocks whose parameters carry logical axis names.
+
+Every weight is an ``nnx.Param`` whose ``out_sharding`` metadata holds *logical*
+axis names (``("embed", "mlp")``); ``jaxkernel.sharding.rules`` later maps them to
+mesh axes. Eager sharding is off so models build anywhere, with or without a mesh.
+
+Einsum letter legend used across ``jaxkernel.models``:
+
+    B batch   T query length   S key length   D model width   N heads
+    H head dim   F MLP width   V vocab   L labels
+
+Example::
+
+    dense = Linear(384, 1536, axes=("embed", "mlp"), rngs=nnx.Rngs(0))
+    y = dense(x)  # (B, T, 384) -> (B, T, 1536)
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+Axes = tuple[str | None, ...]
+
+
+def logical_param(value: jax.Array, axes: Axes) -> nnx.Param:
+    """An ``nnx.Param`` annotated with logical axis names (no eager sharding)."""
+    if len(axes) != value.ndim:
+        raise ValueError(f"axes {axes} do not match a parameter of shape {value.shape}")
+    return nnx.Param(value, out_sharding=axes, eager_sharding=False)
+
+
+def normal_init(stddev: float) -> Callable:
+    return jax.nn.initializers.normal(stddev)
+
+
+class Linear(nnx.Module):
+    """``y = x @ kernel + bias`` with kernel shaped (in, out) like Flax/Conv1D.
+
+    ``dtype`` is the compute dtype (e.g. bf16 for mixed precision); parameters
+    stay in ``param_dtype``.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        *,
+        axes: Axes,
+        use_bias: bool = True,
+        stddev: float = 0.02,
+        dtype=None,
+        param_dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        self.in_features = in_features
+        self.out_features = out_features
+        self.dtype = dtype
+        kernel = normal_init(stddev)(rngs.params(), (in_features, out_features), param_dtype)
+        self.kernel = logical_param(kernel, axes)
+        self.bias = logical_param(jnp.zeros((out_features,), param_dtype), axes[-1:]) if use_bias else None
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kernel = self.kernel[...]
+        if self.dtype is not None:
+            x, kernel = x.astype(self.dtype), kernel.astype(self.dtype)
+        y = jnp.einsum("...i,io->...o", x, kernel)
+        if self.bias is not None:
+            y = y + self.bias[...].astype(y.dtype)
+        return y
+
+
+class Embed(nnx.Module):
+    """Lookup table (V, D); ``attend`` reuses it as a tied output projection."""
+
+    def __init__(
+        self,
+        num_embeddings: int,
+        features: int,
+        *,
+        axes: Axes = ("vocab", "embed"),
+        stddev: float = 0.02,
+        dtype=None,
+        param_dtype=jnp.float32,
+        rngs: nnx.Rngs,
+    ):
+        self.num_embeddings = num_embeddings
+        self.features = features
+        self.dtype = dtype
+        table = normal_init(stddev)(rngs.params(), (num_embeddings, features), param_dtype)
+        self.embedding = logical_param(table, axes)
+
+    def __call__(self, ids: jax.Array) -> jax.Array:
+        out = jnp.take(self.embedding[...], ids, axis=0)
+        return out if self.dtype is None else out.astype(self.dtype)
+
+    def attend(self, x: jax.Array) -> jax.Array:
+        table = self.embedding[...]
+        if self.dtype is not None:
+            x, table = x.astype(self.dtype), table.astype(self.dtype)
+        return jnp.einsum("...D,VD->...V", x, table)
+
+
+class LayerNorm(nnx.Module):
+    """LayerNorm computed in float32 whatever the activation dtype (bf16 safe)."""
+
+    def __init__(self, features: int, *, eps: float, param_dtype=jnp.float32, rngs: nnx.Rngs | None = None):
+        self.eps = eps
+        self.scale = logical_param(jnp.ones((features,), param_dtype), ("norm",))
+        self.bias = logical_param(jnp.zeros((features,), param_dtype), ("norm",))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x32 = x.astype(jnp.float32)
+        mean = x32.mean(-1, keepdims=True)
+        var = jnp.square(x32 - mean).mean(-1, keepdims=True)
+        y = (x32 - mean) * jax.lax.rsqrt(var + self.eps)
+        y = y * self.scale[...].astype(jnp.float32) + self.bias[...].astype(jnp.float32)
+        return y.astype(x.dtype)
+
+
+def _gelu_exact(x):
+    return jax.nn.gelu(x, approximate=False)
+
+
+def _gelu_tanh(x):
+    return jax.nn.gelu(x, approximate=True)
+
+
+def _quick_gelu(x):
+    return x * jax.nn.sigmoid(1.702 * x)
+
+
+ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    "gelu": _gelu_exact,
+    "gelu_new": _gelu_tanh,
+    "gelu_pytorch_tanh": _gelu_tanh,
+    "gelu_fast": _gelu_tanh,
+    "quick_gelu": _quick_gelu,
+    "relu": jax.nn.relu,
+    "silu": jax.nn.silu,
+    "swish": jax.nn.silu,
+    "tanh": jnp.tanh,
+}
