@@ -1,0 +1,75 @@
+"""Seeded, tiny, odd-sized Hugging Face PyTorch models for parity tests."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import transformers
+
+BERT_CONFIGS = {
+    "h36-heads3": dict(vocab_size=97, hidden_size=36, num_hidden_layers=2, num_attention_heads=3,
+                       intermediate_size=50, max_position_embeddings=40, type_vocab_size=2),
+    "h24-heads2-relu": dict(vocab_size=61, hidden_size=24, num_hidden_layers=3, num_attention_heads=2,
+                            intermediate_size=37, hidden_act="relu", max_position_embeddings=33,
+                            type_vocab_size=3, layer_norm_eps=1e-7),
+    "h40-heads5-gelunew": dict(vocab_size=113, hidden_size=40, num_hidden_layers=1, num_attention_heads=5,
+                               intermediate_size=72, hidden_act="gelu_new", max_position_embeddings=32),
+}
+
+GPT2_CONFIGS = {
+    "e36-heads3": dict(vocab_size=97, n_embd=36, n_layer=2, n_head=3, n_positions=64),
+    "e24-heads2-inner": dict(vocab_size=61, n_embd=24, n_layer=3, n_head=2, n_positions=80, n_inner=50,
+                             layer_norm_epsilon=1e-6),
+    "e40-heads5-relu": dict(vocab_size=113, n_embd=40, n_layer=1, n_head=5, n_positions=64,
+                            activation_function="relu"),
+}
+
+BERT_HEADS = {
+    "feature-extraction": transformers.BertModel,
+    "sequence-classification": transformers.BertForSequenceClassification,
+    "token-classification": transformers.BertForTokenClassification,
+    "question-answering": transformers.BertForQuestionAnswering,
+    "masked-lm": transformers.BertForMaskedLM,
+}
+
+GPT2_HEADS = {
+    "feature-extraction": transformers.GPT2Model,
+    "causal-lm": transformers.GPT2LMHeadModel,
+    "sequence-classification": transformers.GPT2ForSequenceClassification,
+}
+
+
+def _randomise(model: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """Re-draw every float tensor so LayerNorms and biases are non-trivial too."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.copy_(torch.randn(param.shape, generator=gen) * 0.2)
+    return model.eval()
+
+
+def hf_bert(name: str, task: str, num_labels: int = 2, seed: int = 0) -> torch.nn.Module:
+    config = transformers.BertConfig(**BERT_CONFIGS[name], num_labels=num_labels)
+    torch.manual_seed(seed)
+    return _randomise(BERT_HEADS[task](config), seed)
+
+
+def hf_gpt2(name: str, task: str, num_labels: int = 2, seed: int = 0, pad_token_id: int | None = None):
+    config = transformers.GPT2Config(
+        **GPT2_CONFIGS[name], num_labels=num_labels, bos_token_id=1, eos_token_id=2, pad_token_id=pad_token_id,
+    )
+    torch.manual_seed(seed)
+    return _randomise(GPT2_HEADS[task](config), seed)
+
+
+def padded_batch(vocab_size: int, lengths=(9, 6, 3), seed: int = 0, left: bool = False, pad_id: int = 0):
+    """(input_ids, attention_mask) numpy int arrays, padded on the right (or left)."""
+    rng = np.random.RandomState(seed)
+    width = max(lengths)
+    ids = np.full((len(lengths), width), pad_id, np.int64)
+    mask = np.zeros((len(lengths), width), np.int64)
+    for row, n in enumerate(lengths):
+        span = slice(width - n, width) if left else slice(0, n)
+        ids[row, span] = rng.randint(3, vocab_size, n)
+        mask[row, span] = 1
+    return ids, mask
