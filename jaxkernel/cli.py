@@ -1,0 +1,66 @@
+"""The ``jaxkernel`` command line: one subcommand per verb.
+
+Each verb is a function ``add_<verb>(subparsers)`` that registers its parser and
+sets ``func``; new verbs are added to ``VERBS`` below.
+
+Example::
+
+    jaxkernel convert path/to/hf_model out/      # HF -> jaxkernel -> HF round trip
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import jaxkernel
+
+
+def _run_convert(args: argparse.Namespace) -> int:
+    from jaxkernel.hf.pretrained import from_pretrained, save_pretrained
+
+    model = from_pretrained(args.src, task=args.task)
+    out = save_pretrained(model, args.out, tokenizer_from=args.src, max_shard_size=args.max_shard_size)
+    print(f"wrote {type(model).__name__} ({model.task}) to {out}")
+    return 0
+
+
+def add_convert(subparsers) -> None:
+    p = subparsers.add_parser(
+        "convert", help="read a Hugging Face model directory (or hub id) and write it back through jaxkernel",
+        description="HF dir -> jaxkernel -> HF dir. Use it to check that jaxkernel reads a checkpoint exactly.",
+    )
+    p.add_argument("src", help="HF model directory or hub id")
+    p.add_argument("out", help="output directory")
+    p.add_argument("--task", default=None, help="model head (default: from config.json architectures)")
+    p.add_argument("--max-shard-size", default="5GB", help="split weights into shards past this size")
+    p.set_defaults(func=_run_convert)
+
+
+VERBS = [add_convert]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="jaxkernel", description=jaxkernel.__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"jaxkernel {jaxkernel.__version__}")
+    subparsers = parser.add_subparsers(dest="verb", metavar="VERB")
+    for add_verb in VERBS:
+        add_verb(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.func(args) or 0
+    except (FileNotFoundError, ValueError, TypeError) as err:
+        print(f"jaxkernel {args.verb}: error: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
