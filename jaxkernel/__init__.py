@@ -25,3 +25,7 @@ from jaxkernel.models.gpt2 import (  # noqa: E402
     Gpt2Model,
     KVCache,
 )
+from jaxkernel.quant.int8 import Int8Embed, Int8Linear, Int8Weight, QuantScale, dequantize, quantize_int8  # noqa: E402
+from jaxkernel.quant.io import load_quantized, save_quantized  # noqa: E402
+from jaxkernel.quant.memory import MemoryReport, param_bytes  # noqa: E402
+from jaxkernel.quant.transform import QuantConfig, dequantize_model, quantize_model  # noqa: E402

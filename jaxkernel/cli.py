@@ -37,7 +37,9 @@ def add_convert(subparsers) -> None:
     p.set_defaults(func=_run_convert)
 
 
-VERBS = [add_convert]
+from jaxkernel.quant.cli import add_quantize  # noqa: E402
+
+VERBS = [add_convert, add_quantize]
 
 
 def build_parser() -> argparse.ArgumentParser:
