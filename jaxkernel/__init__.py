@@ -29,3 +29,21 @@ from jaxkernel.quant.int8 import Int8Embed, Int8Linear, Int8Weight, QuantScale, 
 from jaxkernel.quant.io import load_quantized, save_quantized  # noqa: E402
 from jaxkernel.quant.memory import MemoryReport, param_bytes  # noqa: E402
 from jaxkernel.quant.transform import QuantConfig, dequantize_model, quantize_model  # noqa: E402
+from jaxkernel.hf.peft_format import load_adapter, save_adapter, save_merged  # noqa: E402
+from jaxkernel.peft import (  # noqa: E402
+    LoraConfig,
+    LoraLinear,
+    LoraParam,
+    PrefixConfig,
+    PrefixParam,
+    SavedModuleParam,
+    TrainableParam,
+    apply_lora,
+    apply_prefix_tuning,
+    count_parameters,
+    merge_and_unload,
+    merge_lora,
+    print_trainable_parameters,
+    trainable_filter,
+    unmerge_lora,
+)

@@ -190,6 +190,8 @@ class BertModel(nnx.Module):
         self.embeddings = BertEmbeddings(config, rngs=rngs)
         self.encoder = BertEncoder(config, rngs=rngs)
         self.pooler = BertPooler(config, rngs=rngs) if add_pooling_layer else None
+        # Set by jaxkernel.peft.apply_prefix_tuning; then builds prefix_kv when none is passed.
+        self.prefix_encoder = nnx.data(None)
 
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, prefix_kv=None):
         """Encode a batch.
@@ -198,19 +200,29 @@ class BertModel(nnx.Module):
           input_ids: (B, T) token ids.
           attention_mask: (B, T), 1 for real tokens, 0 for padding. Default all ones.
           token_type_ids: (B, T) segment ids. Default zeros.
-          position_ids: (B, T). Default 0..T-1.
+          position_ids: (B, T). Default P..P+T-1, P = prefix length (0 without
+            prefix), as HF does for prefix keys/values passed as a cache.
           prefix_kv: optional per-layer list of (keys, values), each (B, P, N, H).
+            Default: from ``self.prefix_encoder`` when prefix tuning is applied.
 
         Returns:
           EncoderOutput(last_hidden_state (B, T, D), pooler_output (B, D) or None).
         """
         batch, length = input_ids.shape
+        if prefix_kv is None and self.prefix_encoder is not None:
+            prefix_kv = self.prefix_encoder(batch)
+        num_prefix = 0 if prefix_kv is None else prefix_kv[0][0].shape[1]
         if attention_mask is None:
             attention_mask = jnp.ones((batch, length), jnp.int32)
         if token_type_ids is None:
             token_type_ids = jnp.zeros((batch, length), jnp.int32)
         if position_ids is None:
-            position_ids = jnp.broadcast_to(jnp.arange(length), (batch, length))
+            if num_prefix and num_prefix + length > self.config.max_position_embeddings:
+                raise ValueError(
+                    f"{length} tokens after a prefix of {num_prefix} exceed max_position_embeddings="
+                    f"{self.config.max_position_embeddings}: truncate the input or shorten the prefix"
+                )
+            position_ids = jnp.broadcast_to(jnp.arange(length) + num_prefix, (batch, length))
         x = self.embeddings(input_ids, token_type_ids, position_ids)
         hidden = self.encoder(x, padding_mask(attention_mask), prefix_kv)
         pooled = self.pooler(hidden) if self.pooler is not None else None
@@ -262,6 +274,8 @@ class BertForQuestionAnswering(nnx.Module):
     head_modules = ("qa_outputs",)
 
     def __init__(self, config: BertConfig, *, rngs: nnx.Rngs):
+        if config.num_labels != 2:
+            raise ValueError(f"question answering predicts start and end: num_labels must be 2, got {config.num_labels}")
         self.config = config
         self.bert = BertModel(config, add_pooling_layer=False, rngs=rngs)
         self.qa_outputs = _linear(config, config.hidden_size, 2, ("embed", None), rngs)

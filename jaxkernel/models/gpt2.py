@@ -5,8 +5,8 @@ its kernel as (in, out), exactly like HF's ``Conv1D``, so GPT-2 weights import
 without transposes.
 
 Positions follow HF generation: ``cumsum(attention_mask) - 1``, so left-padded
-prompts give their real tokens positions 0, 1, ... and prefix tuning does not
-shift them.
+prompts give their real tokens positions 0, 1, ... With a prefix of P virtual
+tokens they start at P, as in HF/PEFT where the prefix is a cache of length P.
 
 Example::
 
@@ -178,6 +178,8 @@ class Gpt2Model(nnx.Module):
         self.drop = _dropout(config.embd_pdrop, rngs)
         self.h = nnx.List([Gpt2Block(config, rngs=rngs) for _ in range(config.n_layer)])
         self.ln_f = LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        # Set by jaxkernel.peft.apply_prefix_tuning; then builds prefix_kv when none is passed.
+        self.prefix_encoder = nnx.data(None)
 
     def __call__(self, input_ids, attention_mask=None, position_ids=None, cache: KVCache | None = None, prefix_kv=None):
         """Run the decoder.
@@ -185,25 +187,38 @@ class Gpt2Model(nnx.Module):
         Args:
           input_ids: (B, T) token ids.
           attention_mask: (B, T), 1 real / 0 padding. Default all ones.
-          position_ids: (B, T). Default from the mask (and cache), see module doc.
+          position_ids: (B, T). Default from the mask (and cache, and prefix
+            length P), see module doc.
           cache: optional KVCache; the T new tokens are written at ``cache.index``.
-          prefix_kv: optional per-layer list of (keys, values), each (B, P, N, H).
+          prefix_kv: optional per-layer list of (keys, values), each (B, P, N, H),
+            visible to every token (not stored in the cache). Default: from
+            ``self.prefix_encoder`` when prefix tuning is applied.
 
         Returns:
           (hidden (B, T, D), updated cache or None).
         """
         batch, length = input_ids.shape
+        if prefix_kv is None and self.prefix_encoder is not None:
+            prefix_kv = self.prefix_encoder(batch)
+        num_prefix = 0 if prefix_kv is None else prefix_kv[0][0].shape[1]
+        if position_ids is None and num_prefix:
+            span = length if cache is None else cache.keys.shape[2]
+            if num_prefix + span > self.config.n_positions:
+                raise ValueError(
+                    f"{span} positions after a prefix of {num_prefix} exceed n_positions={self.config.n_positions}: "
+                    "use shorter inputs / a smaller KVCache max_length, or a shorter prefix"
+                )
         if attention_mask is None:
             attention_mask = jnp.ones((batch, length), jnp.int32)
         attention_mask = attention_mask.astype(jnp.int32)
         if cache is None:
             if position_ids is None:
-                position_ids = position_ids_from_mask(attention_mask)
+                position_ids = position_ids_from_mask(attention_mask, num_prefix)
             positions = jnp.arange(length)
             mask = causal_mask(positions, positions) & attention_mask.astype(bool)[:, None, None, :]
         else:
             if position_ids is None:
-                position_ids = position_ids_from_mask(attention_mask, cache.valid.sum(-1))
+                position_ids = position_ids_from_mask(attention_mask, cache.valid.sum(-1) + num_prefix)
             valid = jax.lax.dynamic_update_slice_in_dim(cache.valid, attention_mask.astype(bool), cache.index, axis=1)
             query_positions = cache.index + jnp.arange(length)
             mask = causal_mask(query_positions, jnp.arange(valid.shape[1])) & valid[:, None, None, :]
