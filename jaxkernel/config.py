@@ -107,11 +107,12 @@ class TaskConfig:
 class DataConfig:
     """Where the examples come from and how they are cut into padded batches."""
 
-    # Local directory (files named after the splits: train.txt, dev.tsv, test.jsonl...) or
-    # one file (the train split). Relative paths are taken from the working directory.
-    path: Optional[str] = None
-    hub_id: Optional[str] = None  # Hugging Face datasets id, used when path is unset or does not exist (needs internet)
-    hub_config: Optional[str] = None  # datasets configuration name, e.g. "en" for wikiann
+    # Where the data is: one candidate or a list tried in order. A candidate is a local
+    # directory (files named after the splits: train.txt, dev.tsv, test.jsonl...) or file
+    # (the train split), used when it exists (relative to the working directory); or
+    # hub:<dataset id>[:<config>] for Hugging Face datasets (needs internet), e.g.
+    # [../shared/data/wikiann-en, "hub:wikiann:en"].
+    source: Union[tuple[str, ...], str, None] = None
     # File format; auto = by extension (.tsv .csv .jsonl .json), and for .txt/.conll by task:
     # CoNLL token-per-line for token-classification, plain text for causal-lm.
     format: Literal["auto", "conll", "tsv", "csv", "jsonl", "text"] = "auto"
@@ -156,7 +157,7 @@ class PeftConfig:
 
     method: Literal["none", "lora", "prefix"] = "none"  # none trains every parameter (full fine-tune)
     r: int = 8  # LoRA rank
-    alpha: float = 16.0  # LoRA scale numerator: scale = alpha / r (alpha / sqrt(r) with use_rslora)
+    alpha: float = 8.0  # PEFT's lora_alpha: scale = alpha / r, or alpha / sqrt(r) with use_rslora
     dropout: float = 0.0  # LoRA dropout on the adapter input
     # LoRA: modules to wrap, a list of names (matched on the path's last parts) or one regex
     # (full match); None = the family default (BERT query/value, GPT-2 c_attn).
@@ -182,8 +183,17 @@ class QuantConfig:
     method: Literal["none", "int8"] = "none"
     # weight_only: int8 weights, float matmuls; w8a8: activations quantized too (int8 matmuls).
     mode: Literal["weight_only", "w8a8"] = "weight_only"
-    targets: Union[tuple[str, ...], str, None] = None  # linears to quantize (names or a regex); None = all base linears
-    skip: tuple[str, ...] = ()  # names or regexes kept in float (task heads are never quantized)
+    # Layers to quantize: names / dotted suffixes or one regex (full match); None = every
+    # linear inside a BERT layer or GPT-2 block.
+    targets: Union[tuple[str, ...], str, None] = None
+    skip: Union[tuple[str, ...], str, None] = None  # layers kept in float even when targeted (same syntax)
+    group_size: Optional[int] = None  # input channels per scale group; None = one scale per output channel
+    include_heads: bool = False  # also quantize task heads (kept in float by default)
+
+    def as_kwargs(self) -> dict:
+        """Arguments of ``jaxkernel.quant.quantize_model`` (everything but ``method``)."""
+        return {"mode": self.mode, "targets": self.targets, "skip": self.skip,
+                "group_size": self.group_size, "include_heads": self.include_heads}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -192,9 +202,10 @@ class MeshConfig:
 
     # dp: replicate parameters; fsdp: shard them over the data axis; tp: tensor parallel; fsdp_tp: both.
     preset: Literal["dp", "fsdp", "tp", "fsdp_tp"] = "dp"
-    # Mesh shape, one -1 allowed (= the remaining devices); None = all devices on the preset's axes.
+    # Mesh shape over mesh.axes, one -1 allowed (= the remaining devices); None = the preset's
+    # default shape (dp (-1, 1, 1), fsdp (1, -1, 1), tp (1, 1, -1), fsdp_tp (1, -1, 2)).
     shape: Optional[tuple[int, ...]] = None
-    axes: Optional[tuple[str, ...]] = None  # mesh axis names, one per shape entry; None = the preset's
+    axes: Optional[tuple[str, ...]] = None  # names from data, fsdp, tensor, one per shape entry; None = all three
     # Logical axis -> mesh axis (or list of axes, or null = replicated), overriding the preset,
     # e.g. {embed: fsdp, mlp: tensor}.
     rules: dict[str, Union[str, tuple[str, ...], None]] = dataclasses.field(default_factory=dict)

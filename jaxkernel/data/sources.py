@@ -191,35 +191,48 @@ def hub_label_names(dataset, task: str, columns: dict[str, str] | None = None) -
     return None
 
 
-def _load_hub(data: DataConfig):
+HUB_SCHEME = "hub:"
+
+
+def parse_hub(candidate: str) -> tuple[str, str | None]:
+    """``"hub:wikiann:en"`` -> ("wikiann", "en"); ``"hub:user/name"`` -> ("user/name", None)."""
+    dataset_id, _, config_name = candidate[len(HUB_SCHEME):].partition(":")
+    if not dataset_id:
+        raise DataError(f"data.source {candidate!r}: write hub:<dataset id> or hub:<dataset id>:<config>")
+    return dataset_id, config_name or None
+
+
+def _load_hub(dataset_id: str, config_name: str | None):
     try:
         import datasets
     except ImportError as err:  # pragma: no cover - a declared dependency
         raise DataError("the `datasets` package is needed for hub datasets: pip install datasets") from err
     try:
-        return datasets.load_dataset(data.hub_id, data.hub_config)
+        return datasets.load_dataset(dataset_id, config_name)
     except Exception as err:  # network, unknown id or config: say which and how to fix
         raise DataError(
-            f"could not load hub dataset {data.hub_id!r}"
-            + (f" (config {data.hub_config!r})" if data.hub_config else "")
-            + f": {type(err).__name__}: {err}. Check the id and your network, or point data.path at local files."
+            f"could not load hub dataset {dataset_id!r}"
+            + (f" (config {config_name!r})" if config_name else "")
+            + f": {type(err).__name__}: {err}. Check the id and your network, or point data.source at local files."
         ) from err
 
 
 def locate(data: DataConfig) -> tuple[str, Path | str]:
-    """("local", path) when data.path exists, else ("hub", hub_id); DataError when neither is usable."""
-    if data.path:
-        path = Path(resolve_path(data.path))
+    """The first usable ``data.source`` candidate: ("local", path) if it exists, or ("hub", "hub:id[:config]")."""
+    candidates = (data.source,) if isinstance(data.source, str) else tuple(data.source or ())
+    if not candidates:
+        raise DataError("no data: set data.source to a local directory or file, or to hub:<dataset id>[:<config>]")
+    for candidate in candidates:
+        if candidate.startswith(HUB_SCHEME):
+            parse_hub(candidate)
+            return "hub", candidate
+        path = Path(resolve_path(candidate))
         if path.exists():
             return "local", path
-        if not data.hub_id:
-            raise DataError(
-                f"data.path {data.path!r} does not exist (relative paths start at {Path.cwd()}); "
-                "fix the path or set data.hub_id to download the dataset"
-            )
-    if data.hub_id:
-        return "hub", data.hub_id
-    raise DataError("no data: set data.path (local files) or data.hub_id (a Hugging Face dataset)")
+    raise DataError(
+        f"data.source: none of {list(candidates)} exists (relative paths start at {Path.cwd()}); fix the path, "
+        "or add hub:<dataset id>[:<config>] to download the data"
+    )
 
 
 class Records(NamedTuple):
@@ -260,7 +273,7 @@ def load_records(data: DataConfig, task: str) -> Records:
                     continue
                 raw[role] = read_file(file, data.format, task)
     else:
-        dataset = _load_hub(data)
+        dataset = _load_hub(*parse_hub(where))
         for role, split in wanted.items():
             if split is None:
                 continue
