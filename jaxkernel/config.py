@@ -180,7 +180,7 @@ class PeftConfig:
 class QuantConfig:
     """Int8 quantization of the frozen base model's linear layers."""
 
-    method: Literal["none", "int8"] = "none"
+    method: Literal["none", "int8"] = "none"  # int8 stores the frozen base linears as int8 (pair it with an adapter)
     # weight_only: int8 weights, float matmuls; w8a8: activations quantized too (int8 matmuls).
     mode: Literal["weight_only", "w8a8"] = "weight_only"
     # Layers to quantize: names / dotted suffixes or one regex (full match); None = every
@@ -367,12 +367,14 @@ def _coerce(value: Any, tp, where: str) -> Any:
             raise fail
         # Exact-type members first so "1" stays a string for str | int and [a] a list for tuple | str.
         members = sorted((a for a in args if a is not type(None)), key=lambda a: not _matches_exactly(value, a))
+        specific = None
         for member in members:
             try:
                 return _coerce(value, member, where)
-            except ConfigError:
-                continue
-        raise fail
+            except ConfigError as err:
+                if specific is None and _matches_exactly(value, member):
+                    specific = err  # e.g. a list for a tuple field: its error names the bad item
+        raise specific or fail
     if origin is Literal:
         if value in args:
             return value
