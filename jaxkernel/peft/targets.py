@@ -105,7 +105,8 @@ def no_match_message(model: nnx.Module, targets: Targets, kind: str, candidates:
         if isinstance(targets, str)
         else "a list entry must equal a path or be its dotted suffix"
     )
+    shown = targets if isinstance(targets, str) else list(targets)
     return (
-        f"{kind}={targets!r} matched no module of {type(model).__name__} ({how}). "
+        f"{kind}={shown!r} matched no module of {type(model).__name__} ({how}). "
         f"Candidate names: {', '.join(names)}; full paths look like: {', '.join(examples)}"
     )
