@@ -161,11 +161,18 @@ def quantize_model(
             f"targets={targets!r} skip={skip!r} select no module of {type(model).__name__} "
             f"(task-head modules {heads} need include_heads=True)"
         )
+    replacements = []  # built first, so an error leaves the model untouched
     for path, node in chosen:
         if isinstance(node, Linear):
-            new = Int8Linear.from_linear(node, mode=mode, group_size=group_size)
+            if group_size is not None and (group_size <= 0 or node.in_features % group_size):
+                raise ValueError(
+                    f"group_size={group_size} does not divide in_features={node.in_features} of "
+                    f"{_path_str(path)}; choose a divisor, or skip that module"
+                )
+            replacements.append((path, Int8Linear.from_linear(node, mode=mode, group_size=group_size)))
         else:
-            new = Int8Embed.from_embed(node)
+            replacements.append((path, Int8Embed.from_embed(node)))
+    for path, new in replacements:
         _replace(model, path, new)
     return model
 
