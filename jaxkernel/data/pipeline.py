@@ -79,15 +79,13 @@ def build_task_data(config: Config, *, tokenizer=None, roles=("train", "eval", "
     Raises:
       DataError: unreadable data (file:line), labels outside the label set, empty splits.
     """
-    records = load_records(config.data, config.model.task)
+    records = load_records(config.data, config.model.task, roles)
     labels = resolve_labels(config, records)
     if tokenizer is None:
         tokenizer = load_tokenizer(config.model.tokenizer or config.model.path)
-    features = {
-        role: encode(recs, config.model.task, tokenizer, labels, config.data, config.task)
-        for role, recs in records.splits.items() if role in roles
-    }
     kept = {role: recs for role, recs in records.splits.items() if role in roles}
+    features = {role: encode(recs, config.model.task, tokenizer, labels, config.data, config.task)
+                for role, recs in kept.items()}
     return TaskData(config.model.task, tokenizer, labels, kept, features, run_buckets(config))
 
 

@@ -27,26 +27,28 @@ class DataError(ValueError):
     """A dataset that cannot be used as given; the message names the file/line or split."""
 
 
-def _lines(path: Path):
+def _read_lines(path: Path) -> list[str]:
+    """The file's lines without line ends; a byte-order mark anywhere is dropped (a BOM-only line reads as blank)."""
     try:
-        with open(path, encoding="utf-8", newline="") as f:
-            for number, line in enumerate(f, start=1):
-                yield number, line.rstrip("\r\n").replace(BOM, "")  # a stray BOM line reads as blank
+        text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
         raise DataError(f"{path}: not UTF-8 text ({err})") from None
+    # Not str.splitlines: it also breaks at U+2028, U+0085... which may sit inside a token or JSON string.
+    return [line.removesuffix("\r") for line in text.replace(BOM, "").split("\n")]
 
 
-def _detect_token_prefix(path: Path) -> str | None:
-    """The language prefix shared by every token of the file (WikiANN's "en:"), if any."""
-    prefix = None
-    for _, line in _lines(path):
-        if not line.strip() or line.startswith("-DOCSTART-"):
-            continue
-        match = _LANG_PREFIX.match(line)
-        if not match or (prefix is not None and match.group(1) != prefix):
-            return None
-        prefix = match.group(1)
-    return prefix
+def _is_content(line: str) -> bool:
+    return bool(line.strip()) and not line.startswith("-DOCSTART-")
+
+
+def _detect_token_prefix(lines: list[str]) -> str | None:
+    """The language prefix shared by every token line (WikiANN's "en:"), if any."""
+    first = next((line for line in lines if _is_content(line)), None)
+    match = _LANG_PREFIX.match(first) if first else None
+    if not match:
+        return None
+    prefix = match.group(1)
+    return prefix if all(line.startswith(prefix) for line in lines if _is_content(line)) else None
 
 
 def read_conll(path: str | os.PathLike, *, token_prefix: str | None = "auto") -> list[dict]:
@@ -64,8 +66,9 @@ def read_conll(path: str | os.PathLike, *, token_prefix: str | None = "auto") ->
       ``[{"tokens": [...], "tags": [...], "source": "path:first_line"}, ...]``.
     """
     path = Path(path)
+    lines = _read_lines(path)
     if token_prefix == "auto":
-        token_prefix = _detect_token_prefix(path)
+        token_prefix = _detect_token_prefix(lines)
     rows, tokens, tags, start = [], [], [], None
 
     def flush():
@@ -74,8 +77,8 @@ def read_conll(path: str | os.PathLike, *, token_prefix: str | None = "auto") ->
         tokens.clear()
         tags.clear()
 
-    for number, line in _lines(path):
-        if not line.strip() or line.startswith("-DOCSTART-"):
+    for number, line in enumerate(lines, start=1):
+        if not _is_content(line):
             flush()
             continue
         parts = line.split("\t") if "\t" in line else line.split()
@@ -134,7 +137,7 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
     """One JSON object per line; blank lines are skipped."""
     path = Path(path)
     rows = []
-    for number, line in _lines(path):
+    for number, line in enumerate(_read_lines(path), start=1):
         if not line.strip():
             continue
         try:

@@ -241,9 +241,10 @@ class Records(NamedTuple):
     origin: str  # the local path or hub id, for messages
 
 
-def load_records(data: DataConfig, task: str) -> Records:
+def load_records(data: DataConfig, task: str, roles=("train", "eval", "test")) -> Records:
     """The run's records by role: ``train`` always, ``eval`` and ``test`` when configured and present.
 
+    ``roles`` limits which splits are read (train is always read: it fixes the label set).
     The eval role falls back to the last ``data.holdout_fraction`` of train (contiguous,
     not shuffled: no leakage for running text) when the eval split is missing.
     ``data.max_train_examples`` / ``max_eval_examples`` then keep the first N.
@@ -253,6 +254,7 @@ def load_records(data: DataConfig, task: str) -> Records:
     """
     kind, where = locate(data)
     wanted = {"train": data.train_split, "eval": data.eval_split, "test": data.test_split}
+    wanted = {role: split for role, split in wanted.items() if role == "train" or role in roles}
     raw: dict[str, list[dict]] = {}
     label_names = None
     if kind == "local":
@@ -286,7 +288,7 @@ def load_records(data: DataConfig, task: str) -> Records:
             if role == "train":
                 label_names = hub_label_names(dataset[name], task, data.columns)
     records = {role: to_records(rows, task, data.columns) for role, rows in raw.items()}
-    if "eval" not in records and data.holdout_fraction > 0 and data.eval_split is not None:
+    if "eval" not in records and data.holdout_fraction > 0 and data.eval_split is not None and "eval" in roles:
         train = records["train"]
         cut = len(train) - max(1, int(round(len(train) * data.holdout_fraction)))
         if cut < 1:
