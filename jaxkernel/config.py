@@ -98,9 +98,6 @@ class TaskConfig:
     label_all_tokens: bool = False
     max_answer_length: int = 30  # QA: longest answer, in tokens, considered when decoding
     n_best_size: int = 20  # QA: start/end candidates tried per window when decoding
-    # Metric that picks the best checkpoint and drives early stopping; None = the task's
-    # main one (f1 for NER and QA, accuracy for classification, perplexity for LM).
-    metric: Optional[str] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -261,7 +258,10 @@ class TrainConfig:
     steps: Optional[int] = None  # optimizer steps; when set it wins over epochs
     epochs: int = 1  # passes over the train split, used when steps is None
     eval_every: Optional[int] = None  # evaluate every N optimizer steps; None = at the end of each epoch
-    early_stopping_patience: Optional[int] = None  # stop after N evals without task.metric improving; None = never
+    early_stopping_patience: Optional[int] = None  # stop after N evaluations without improvement; None = never
+    # Eval metric early stopping watches; None = the task's main one (f1 for NER and QA,
+    # accuracy for classification, perplexity for LM). Loss and perplexity are minimised.
+    early_stopping_metric: Optional[str] = None
     remat: bool = False  # rematerialise each transformer layer (less memory, more compute)
     run_dir: str = "runs/run"  # checkpoints, logs and the resolved config.yaml go here; train resumes from it
 
@@ -324,12 +324,20 @@ class Config:
 
     @property
     def primary_metric(self) -> str:
-        """task.metric, or the task's main metric."""
-        default = {
-            "token-classification": "f1", "question-answering": "f1",
-            "sequence-classification": "accuracy", "causal-lm": "perplexity",
-        }
-        return self.task.metric or default[self.model.task]
+        """The task's main eval metric (``MAIN_METRIC``)."""
+        return MAIN_METRIC[self.model.task]
+
+
+MAIN_METRIC = {
+    "token-classification": "f1", "question-answering": "f1",
+    "sequence-classification": "accuracy", "causal-lm": "perplexity",
+}
+LOWER_IS_BETTER = ("loss", "perplexity")
+
+
+def higher_is_better(metric: str) -> bool:
+    """Direction of an eval metric: loss and perplexity (any ``*loss`` / ``*perplexity``) go down."""
+    return not metric.endswith(LOWER_IS_BETTER)
 
 
 SECTIONS: dict[str, type] = {f.name: typing.get_type_hints(Config)[f.name] for f in dataclasses.fields(Config)}
@@ -636,6 +644,18 @@ def save_resolved(config: Config, run_dir: str | os.PathLike) -> Path:
     tmp.write_text("# Resolved jaxkernel config: every key, defaults included.\n" + to_yaml(config), encoding="utf-8")
     os.replace(tmp, out)  # never leave a half-written config behind
     return out
+
+
+def load_resolved(run_dir: str | os.PathLike) -> Config | None:
+    """The config a run directory was started with (``save_resolved``), or None if it has none."""
+    path = Path(run_dir) / RESOLVED_NAME
+    return load_config(path) if path.is_file() else None
+
+
+def config_diff(old: Config, new: Config) -> dict[str, tuple[Any, Any]]:
+    """``{"section.key": (old value, new value)}`` for every key that differs, e.g. to check a resume."""
+    a, b = config_to_dict(old), config_to_dict(new)
+    return {f"{s}.{k}": (a[s][k], b[s][k]) for s in a for k in a[s] if a[s][k] != b[s][k]}
 
 
 # ---------------------------------------------------------------------------------------------

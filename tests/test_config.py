@@ -190,6 +190,14 @@ def test_save_resolved_round_trip_with_overrides(tmp_path):
     assert again == config
     assert again.mesh.rules["embed"] == ("fsdp", "data") and again.mesh.shape == (1, -1, 2)
     assert not list((tmp_path / "run").glob("*.tmp"))
+    assert C.load_resolved(tmp_path / "run") == config and C.load_resolved(tmp_path) is None
+    changed = apply_overrides(config, ["train.steps=20", "peft.r=4"])
+    assert C.config_diff(config, changed) == {"train.steps": (10, 20), "peft.r": (8, 4)}
+
+
+def test_metric_direction():
+    assert C.higher_is_better("f1") and C.higher_is_better("accuracy")
+    assert not C.higher_is_better("perplexity") and not C.higher_is_better("eval_loss")
 
 
 def test_reference_documents_every_key():

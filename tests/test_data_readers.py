@@ -167,3 +167,31 @@ def test_hub_rows_get_label_names():
     )
     records = to_records(_rows_from_hub_split(glue, "glue[test]"), "sequence-classification")
     assert records[0]["label"] == "positive" and "label" not in records[1]  # -1 = unlabelled
+
+
+def test_hub_source_picks_splits_by_alias(monkeypatch):
+    import datasets
+
+    from jaxkernel.data import sources
+
+    features = datasets.Features({
+        "tokens": datasets.Sequence(datasets.Value("string")),
+        "ner_tags": datasets.Sequence(datasets.ClassLabel(names=["O", "B-LOC", "I-LOC"])),
+    })
+
+    def split(n):
+        return datasets.Dataset.from_dict({"tokens": [["in", "Paris"]] * n, "ner_tags": [[0, 1]] * n}, features)
+
+    calls = []
+
+    def fake_load(dataset_id, config_name):  # the hub is offline here; check what would be asked of it
+        calls.append((dataset_id, config_name))
+        return datasets.DatasetDict({"train": split(4), "validation": split(2)})
+
+    monkeypatch.setattr(sources, "_load_hub", fake_load)
+    records = load_records(data_config("data.source=[/nonexistent/wikiann, 'hub:wikiann:en']"), "token-classification")
+    assert calls == [("wikiann", "en")]
+    assert {k: len(v) for k, v in records.splits.items()} == {"train": 4, "eval": 2}  # no test split: skipped
+    assert records.label_names == ("O", "B-LOC", "I-LOC") and records.origin == "hub:wikiann:en"
+    assert records.splits["eval"][1] == {"source": "hub:wikiann:en[validation]#1", "tokens": ["in", "Paris"],
+                                         "tags": ["O", "B-LOC"]}
