@@ -83,7 +83,8 @@ def test_jsonl_and_squad_json(tmp_path):
     ]
     path.write_text("\n".join(json.dumps(r) for r in records) + "\n\n")
     qa = to_records(read_jsonl(path), "question-answering")
-    assert [r["answers"] for r in qa] == [{"text": ["Ada"], "answer_start": [0]}, {"text": ["ran"], "answer_start": [3]}]
+    assert [r["answers"] for r in qa] == [
+        {"text": ["Ada"], "answer_start": [0]}, {"text": ["ran"], "answer_start": [3]}]
     assert qa[1]["source"] == f"{path}:2"
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"text": "ok"}\n{"text": oops}\n')
@@ -108,7 +109,8 @@ def test_missing_column_says_how_to_map_it(tmp_path):
     path.write_text("polarity\tcomment\n1\tgood\n")
     with pytest.raises(DataError, match=r"train.tsv:2: no column for 'text'.*\[.comment., .polarity.\].*data.columns"):
         to_records(read_table(path, delimiter="\t"), "sequence-classification")
-    rows = to_records(read_table(path, delimiter="\t"), "sequence-classification", {"text": "comment", "label": "polarity"})
+    columns = {"text": "comment", "label": "polarity"}
+    rows = to_records(read_table(path, delimiter="\t"), "sequence-classification", columns)
     assert (rows[0]["text"], rows[0]["label"]) == ("good", "1")
 
 

@@ -108,7 +108,9 @@ def build_loader(
     )
 
 
-def encode_rows(rows: list[dict], config: Config, tokenizer, labels: tuple[str, ...] | None) -> tuple[list[dict], Features]:
+def encode_rows(
+    rows: list[dict], config: Config, tokenizer, labels: tuple[str, ...] | None
+) -> tuple[list[dict], Features]:
     """``predict``: source rows (e.g. JSONL objects) -> (canonical records, features), labels optional.
 
     A token-classification row may give ``text`` instead of ``tokens``: it is split on whitespace.

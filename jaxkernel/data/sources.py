@@ -119,7 +119,9 @@ def _answers(value, source: str) -> dict:
         return {"text": [str(t) for t in texts], "answer_start": [int(s) for s in starts]}
     if isinstance(value, list) and all(isinstance(a, dict) for a in value):
         return {"text": [str(a["text"]) for a in value], "answer_start": [int(a["answer_start"]) for a in value]}
-    raise DataError(f"{source}: 'answers' must be {{'text': [...], 'answer_start': [...]}} or a list of those, got {value!r}")
+    raise DataError(
+        f"{source}: 'answers' must be {{'text': [...], 'answer_start': [...]}} or a list of those, got {value!r}"
+    )
 
 
 def to_records(rows: list[dict], task: str, columns: dict[str, str] | None = None) -> list[dict]:
