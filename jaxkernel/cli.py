@@ -39,7 +39,9 @@ def add_convert(subparsers) -> None:
 
 from jaxkernel.quant.cli import add_quantize  # noqa: E402
 
-VERBS = [add_convert, add_quantize]
+from jaxkernel.sharding.plan import add_plan  # noqa: E402
+
+VERBS = [add_convert, add_quantize, add_plan]
 
 
 def build_parser() -> argparse.ArgumentParser:
