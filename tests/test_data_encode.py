@@ -147,6 +147,15 @@ def test_qa_windows_and_answers_outside_point_at_cls(bert_tokenizer):
     assert best_answers(features, records, start_logits, end_logits) == {"q": "Ada Lovelace"}
 
 
+def test_qa_unanswerable_and_unlabelled(bert_tokenizer):
+    unanswerable = {**qa_record("Ada Lovelace"), "answers": {"text": [], "answer_start": []}}
+    features = encode_question_answering([qa_record("1837"), unanswerable], bert_tokenizer, max_length=128)
+    assert features.scalars["start_positions"][1] == features.scalars["end_positions"][1] == 0
+    assert features.scalars["start_positions"][0] > 0
+    unlabelled = {k: v for k, v in unanswerable.items() if k != "answers"}
+    assert not encode_question_answering([unlabelled], bert_tokenizer, max_length=128).has_labels
+
+
 def test_qa_answer_outside_context_is_an_error(bert_tokenizer):
     record = {**qa_record("Ada Lovelace"), "answers": {"text": ["x"], "answer_start": [10_000]}}
     with pytest.raises(DataError, match="q:1: answer 'x' at character 10000 lies outside its context"):

@@ -5,7 +5,8 @@ the pieces below are public for notebooks, ``predict`` and metrics.
 
 Example::
 
-    data = build_task_data(load_config("configs/bert_sst2_lora.yaml"))
+    config = load_config("configs/bert_sst2_lora.yaml")
+    data = build_task_data(config)
     loader = build_loader(data, config, "train")
     batch = next(iter(loader))   # {"input_ids", "attention_mask", "token_type_ids", "labels", "index"}
 """

@@ -69,7 +69,7 @@ def encode_question_answering(
     records carry answers), ``example_index`` (window -> record) and ``offsets``
     (per token character span in the context, (-1, -1) for question and special tokens).
     """
-    with_answers = all(r["answers"]["text"] for r in records)
+    with_answers = all("answers" in r for r in records)  # an empty answer list = unanswerable -> [CLS]
     input_ids, type_ids, offsets_out, example_index, starts, ends = [], [], [], [], [], []
     for base in range(0, len(records), CHUNK):
         chunk = records[base:base + CHUNK]

@@ -157,7 +157,8 @@ def to_records(rows: list[dict], task: str, columns: dict[str, str] | None = Non
                 record.pop("label", None)
             record.setdefault("text_pair", None)
         elif task == "question-answering":
-            record["answers"] = _answers(record.get("answers"), source)
+            if "answers" in record:  # absent = unlabelled (predict); empty = unanswerable (SQuAD 2.0)
+                record["answers"] = _answers(record["answers"], source)
             record["id"] = str(record.get("id", index))
         records.append(record)
     return records
