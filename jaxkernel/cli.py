@@ -39,9 +39,10 @@ def add_convert(subparsers) -> None:
 
 from jaxkernel.quant.cli import add_quantize  # noqa: E402
 
+from jaxkernel.train.cli import add_train_verbs  # noqa: E402
 from jaxkernel.sharding.plan import add_plan  # noqa: E402
 
-VERBS = [add_convert, add_quantize, add_plan]
+VERBS = [add_train_verbs, add_convert, add_quantize, add_plan]
 
 
 def build_parser() -> argparse.ArgumentParser:

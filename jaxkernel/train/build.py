@@ -1,0 +1,112 @@
+"""From a ``Config`` to the objects a run trains: model (+ int8, + PEFT), optimizer, mesh.
+
+Everything here is deterministic in the config (and ``train.seed``), which is what
+lets a resumed run rebuild the frozen base exactly and load only trainable state.
+
+Example::
+
+    model = build_model(config, labels=("O", "B-PER", "I-PER"))
+    tx, schedule = build_optimizer(config, total_steps=1000)
+    mesh, rules = build_mesh(config)
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from jaxkernel.config import Config, ConfigError, resolve_path
+from jaxkernel.hf.pretrained import from_pretrained
+from jaxkernel.models.gpt2 import Gpt2Config
+
+DEFAULT_LORA_TARGETS = {"bert": ("query", "value"), "gpt2": ("c_attn",)}
+
+
+def build_model(config: Config, labels: tuple[str, ...] | None = None) -> nnx.Module:
+    """Pretrained model with the task head, then int8 (``quant``), then PEFT (``peft``)."""
+    from jaxkernel.peft import LoraConfig, PrefixConfig, apply_lora, apply_prefix_tuning
+    from jaxkernel.quant.transform import quantize_model
+
+    m = config.model
+    model = from_pretrained(
+        resolve_path(m.path),
+        task=m.task,
+        labels=labels,
+        num_labels=None if labels else m.num_labels,
+        dtype=None if m.dtype == "float32" else m.dtype,
+        seed=config.train.seed,
+        revision=m.revision,
+    )
+    if config.quant.method == "int8":
+        quantize_model(model, **config.quant.as_kwargs())
+    p = config.peft
+    if p.method == "lora":
+        family = "gpt2" if isinstance(model.config, Gpt2Config) else "bert"
+        lora = LoraConfig(
+            r=p.r, alpha=p.alpha, dropout=p.dropout,
+            target_modules=p.target_modules or DEFAULT_LORA_TARGETS[family],
+            modules_to_save=p.modules_to_save, use_rslora=p.use_rslora,
+        )
+        apply_lora(model, lora, seed=config.train.seed)
+    elif p.method == "prefix":
+        prefix = PrefixConfig(
+            num_virtual_tokens=p.num_virtual_tokens, prefix_projection=p.prefix_projection,
+            encoder_hidden_size=p.encoder_hidden_size, modules_to_save=p.modules_to_save,
+        )
+        apply_prefix_tuning(model, prefix, seed=config.train.seed)
+    elif config.quant.method == "int8":
+        raise ConfigError(
+            "quant.method=int8 freezes the base model in int8: combine it with peft.method=lora or prefix "
+            "(full fine-tuning of int8 weights is not supported)"
+        )
+    return model
+
+
+def build_schedule(config: Config, total_steps: int) -> optax.Schedule:
+    s, peak = config.schedule, config.optimizer.learning_rate
+    warmup = s.warmup_steps or int(round(s.warmup_ratio * total_steps))
+    warmup = min(warmup, max(total_steps - 1, 0))
+    decay_steps = max(total_steps - warmup, 1)
+    end = peak * s.end_lr_ratio
+    if s.kind == "constant":
+        after = optax.constant_schedule(peak)
+    elif s.kind == "linear":
+        after = optax.linear_schedule(peak, end, decay_steps)
+    else:
+        after = optax.cosine_decay_schedule(peak, decay_steps, alpha=s.end_lr_ratio)
+    if warmup == 0:
+        return after
+    return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), after], [warmup])
+
+
+def decay_mask(params):
+    """Weight decay on matrices only: biases, LayerNorm scales and 1-D vectors are exempt."""
+    return jax.tree.map(lambda x: jnp.ndim(x) >= 2, params)
+
+
+def build_optimizer(config: Config, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """AdamW (decoupled decay, no-decay mask) after global-norm clipping."""
+    o = config.optimizer
+    schedule = build_schedule(config, total_steps)
+    adamw = optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay, mask=decay_mask)
+    chain = [optax.clip_by_global_norm(o.max_grad_norm)] if o.max_grad_norm else []
+    return optax.chain(*chain, adamw), schedule
+
+
+def build_mesh(config: Config):
+    """(mesh, rules) over the visible devices, or (None, None) on a single device."""
+    from jaxkernel.sharding.mesh import MeshConfig, make_mesh
+    from jaxkernel.sharding.rules import get_rules
+
+    c = config.mesh
+    devices = jax.devices()
+    if c.shape is not None and -1 not in c.shape and math.prod(c.shape) < len(devices):
+        devices = devices[: math.prod(c.shape)]  # an explicit smaller mesh uses the first devices
+    if len(devices) == 1:
+        return None, None
+    mesh_config = MeshConfig.for_preset(c.preset) if c.shape is None else MeshConfig(c.shape, c.axes or ("data", "fsdp", "tensor"))
+    return make_mesh(mesh_config, devices=devices), get_rules(c.preset, c.rules or None)

@@ -1,0 +1,137 @@
+"""CLI verbs of the main job: ``train``, ``eval``, ``predict``, ``generate``, ``export``.
+
+Each verb reads a YAML config (or a run directory's resolved ``config.yaml``) plus
+``section.key=value`` overrides.
+
+Example::
+
+    jaxkernel train configs/bert_ner_lora.yaml train.steps=200
+    jaxkernel eval runs/bert_ner_lora --split test
+    jaxkernel predict runs/bert_ner_lora --input in.jsonl --output out.jsonl
+    jaxkernel export runs/bert_ner_lora out/ --adapter
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from jaxkernel.config import RESOLVED_NAME
+
+
+def _load(config_or_run: str, overrides: list[str]):
+    from jaxkernel.config import load_config
+
+    path = Path(config_or_run)
+    if path.is_dir():
+        if not (path / RESOLVED_NAME).is_file():
+            raise FileNotFoundError(f"{path} is not a run directory: it has no {RESOLVED_NAME}")
+        return load_config(path / RESOLVED_NAME, overrides)
+    return load_config(path, overrides)
+
+
+def _trainer(args, roles):
+    from jaxkernel.train.loop import Trainer
+
+    return Trainer(_load(args.config, args.overrides), roles=roles)
+
+
+def _print_metrics(name: str, metrics: dict) -> None:
+    shown = ", ".join(f"{k}={v:.4f}" for k, v in metrics.items() if isinstance(v, float))
+    print(f"{name}: {shown}")
+
+
+def _run_train(args) -> int:
+    trainer = _trainer(args, ("train", "eval", "test"))
+    results = trainer.fit()
+    for split, metrics in results.items():
+        _print_metrics(split, metrics)
+    if "test" in results and "f1" in results["test"]:
+        print(f"test entity F1: {results['test']['f1']:.4f}" if trainer.data.task == "token-classification"
+              else f"test F1: {results['test']['f1']:.4f}")
+    print(f"run directory: {trainer.run_dir}")
+    return 0
+
+
+def _run_eval(args) -> int:
+    role = {"validation": "eval", "dev": "eval"}.get(args.split, args.split)
+    trainer = _trainer(args, ("train", role))
+    _print_metrics(args.split, trainer.evaluate(role))
+    return 0
+
+
+def _run_predict(args) -> int:
+    from jaxkernel.train.predict import predict_rows
+
+    trainer = _trainer(args, ("train",))
+    rows = [json.loads(line) for line in (open(args.input) if args.input != "-" else sys.stdin) if line.strip()]
+    out = open(args.output, "w") if args.output != "-" else sys.stdout
+    for result in predict_rows(trainer, rows):
+        out.write(json.dumps(result) + "\n")
+    if out is not sys.stdout:
+        out.close()
+    return 0
+
+
+def _run_generate(args) -> int:
+    from jaxkernel.models.generation import generate
+
+    trainer = _trainer(args, ("train",))
+    model = trainer.model_for_inference()
+    tokenizer = trainer.data.tokenizer
+    for prompt in args.prompt:
+        ids = tokenizer(prompt, return_tensors="np")["input_ids"]
+        out = generate(model, ids, max_new_tokens=args.max_new_tokens, do_sample=args.temperature > 0,
+                       temperature=args.temperature or 1.0, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
+                       eos_token_id=tokenizer.eos_token_id)
+        print(tokenizer.decode(out[0].tolist(), skip_special_tokens=True))
+    return 0
+
+
+def _run_export(args) -> int:
+    trainer = _trainer(args, ("train",))
+    out = trainer.export(args.out, merged=not args.adapter)
+    kind = "PEFT adapter" if args.adapter else "transformers model"
+    print(f"wrote {kind} to {out}")
+    return 0
+
+
+def _common(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("config", help=f"YAML config, or a run directory ({what})")
+    p.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. train.steps=100")
+
+
+def add_train_verbs(subparsers) -> None:
+    p = subparsers.add_parser("train", help="fine-tune from a YAML config (resumes from its run directory)")
+    _common(p, "resumes it")
+    p.set_defaults(func=_run_train)
+
+    p = subparsers.add_parser("eval", help="evaluate a run's latest checkpoint on a split")
+    _common(p, "its latest checkpoint")
+    p.add_argument("--split", default="eval", choices=["eval", "validation", "dev", "test"])
+    p.set_defaults(func=_run_eval)
+
+    p = subparsers.add_parser("predict", help="predict JSONL rows with a run's latest checkpoint")
+    _common(p, "its latest checkpoint")
+    p.add_argument("--input", required=True, help="JSONL file ('-' = stdin): text / tokens / question+context")
+    p.add_argument("--output", default="-", help="JSONL output ('-' = stdout)")
+    p.set_defaults(func=_run_predict)
+
+    p = subparsers.add_parser("generate", help="generate text with a GPT-2 run (or config)")
+    _common(p, "its latest checkpoint")
+    p.add_argument("--prompt", action="append", required=True, help="prompt text (repeatable)")
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.add_argument("--top-k", type=int, default=None)
+    p.add_argument("--top-p", type=float, default=None)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_run_generate)
+
+    p = subparsers.add_parser("export", help="export a run to a transformers directory or a PEFT adapter")
+    p.add_argument("config", help="run directory (or its YAML config)")
+    p.add_argument("out", help="output directory")
+    p.add_argument("overrides", nargs="*", help="section.key=value overrides")
+    p.add_argument("--adapter", action="store_true", help="write a PEFT adapter instead of a merged model")
+    p.set_defaults(func=_run_export)

@@ -1,0 +1,303 @@
+"""The training run: ``Trainer(config).fit()`` is what ``jaxkernel train`` executes.
+
+It builds data, model (+ int8, + PEFT), optimizer and mesh from the config, then
+loops over the pure jitted train step with periodic evaluation, early stopping,
+JSONL/TensorBoard metrics, a progress bar, and Orbax checkpoints. Starting a
+trainer on a run directory that holds checkpoints *resumes* it: parameters,
+optimizer state, step, RNG and the data position are restored, so the rest of
+the run is bit-identical to an uninterrupted one (on the same devices).
+
+Example (notebook)::
+
+    config = load_config("configs/bert_ner_lora.yaml", ["train.steps=100"])
+    trainer = Trainer(config)
+    results = trainer.fit()          # {"eval": {...}, "test": {"f1": ...}}
+    trainer.export("out/", merged=True)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import signal
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxkernel.checkpoint import Checkpointer, abstract_like
+from jaxkernel.config import Config, ConfigError, RESOLVED_NAME, save_resolved
+from jaxkernel.data import build_loader, build_task_data
+from jaxkernel.data.loader import DataLoader
+from jaxkernel.train.build import build_mesh, build_model, build_optimizer
+from jaxkernel.train.evaluate import evaluate_split
+from jaxkernel.train.step import init_train_state, make_eval_step, make_train_step, model_from_state
+
+log = logging.getLogger(__name__)
+LOWER_IS_BETTER = ("loss", "perplexity")
+# Fields that must match for a run directory to be resumed by this config.
+IDENTITY_FIELDS = ("model", "peft", "quant", "data.source", "data.max_length", "train.batch_size", "train.seed")
+FAULT_ENV = "JAXKERNEL_FAULT"  # test hook: "kill_after_save:N" / "kill_during_save:N" SIGKILLs the process
+
+
+class TrainingDiverged(RuntimeError):
+    """Loss became NaN/inf; the last good checkpoint is left untouched."""
+
+
+def _identity(config: Config) -> dict:
+    plain = json.loads(json.dumps(_as_dict(config), default=str))
+    out = {}
+    for field in IDENTITY_FIELDS:
+        value = plain
+        for part in field.split("."):
+            value = value[part]
+        out[field] = value
+    return out
+
+
+def _as_dict(config) -> dict:
+    import dataclasses
+
+    return dataclasses.asdict(config)
+
+
+class Trainer:
+    """One training run described by a ``Config``; see the module docstring."""
+
+    def __init__(self, config: Config, *, roles=("train", "eval", "test")):
+        self.config = config
+        self.run_dir = Path(config.train.run_dir)
+        self.is_main = jax.process_index() == 0
+        self._check_run_dir()
+        self.data = build_task_data(config, roles=roles)
+        self.model = build_model(config, labels=self.data.labels)
+        self.mesh, self.rules = build_mesh(config)
+        k = config.optimizer.grad_accum_steps
+        self.train_loader = DataLoader(
+            self.data.features["train"], config.train.batch_size * k, shuffle=True, seed=config.train.seed,
+            drop_remainder=True, buckets=self.data.buckets,
+            process_index=jax.process_index(), process_count=jax.process_count(),
+        ) if "train" in self.data.features and "train" in roles else None
+        steps_per_epoch = len(self.train_loader) if self.train_loader else 1
+        self.total_steps = config.train.steps or config.train.epochs * steps_per_epoch
+        self.tx, self.schedule = build_optimizer(config, self.total_steps)
+        from jaxkernel.peft import trainable_filter
+
+        self.model_def, self.state = init_train_state(
+            self.model, self.tx, trainable=trainable_filter(self.model), seed=config.train.seed,
+            mesh=self.mesh, rules=self.rules,
+        )
+        self.train_step = make_train_step(self.model_def, self.tx, microbatches=k)
+        self.eval_step = make_eval_step(self.model_def)
+        self.checkpointer = Checkpointer(
+            self.run_dir / "checkpoints", keep_last=config.checkpoint.keep_last,
+            best_metric=config.checkpoint.keep_best_metric, async_save=config.checkpoint.async_save,
+        )
+        self.best: float | None = None
+        self.evals_without_improvement = 0
+        self._restored_step = self._maybe_restore()
+
+    # -- run directory ---------------------------------------------------------------------
+    def _check_run_dir(self) -> None:
+        """Refuse a run directory holding another, incompatible run (nothing is overwritten)."""
+        resolved = self.run_dir / RESOLVED_NAME
+        if not resolved.exists():
+            return
+        from jaxkernel.config import load_config
+
+        try:
+            previous = _identity(load_config(resolved))
+        except Exception as err:
+            raise ConfigError(f"{resolved} exists but is not a readable jaxkernel config ({err}); "
+                              "use a new train.run_dir") from err
+        differ = {k: (previous[k], v) for k, v in _identity(self.config).items() if previous.get(k) != v}
+        if differ:
+            detail = "; ".join(f"{k}: {old!r} -> {new!r}" for k, (old, new) in differ.items())
+            raise ConfigError(
+                f"train.run_dir={str(self.run_dir)!r} holds another run whose checkpoints do not fit this config "
+                f"({detail}). Choose a new train.run_dir, or delete that directory to start over"
+            )
+
+    def _checkpoint_items(self) -> dict:
+        s = self.state
+        return {"step": s.step, "params": s.params, "opt_state": s.opt_state, "rng": s.rng}
+
+    def _maybe_restore(self) -> int:
+        step = self.checkpointer.latest_step()
+        if step is None:
+            return 0
+        items, meta = self.checkpointer.restore(step, abstract_like(self._checkpoint_items()))
+        self.state = self.state.replace(**items)
+        if self.train_loader is not None and "data" in meta:
+            self.train_loader.load_state_dict(meta["data"])
+        self.best = meta.get("best")
+        self.evals_without_improvement = int(meta.get("evals_without_improvement", 0))
+        log.info("resumed %s from step %d", self.run_dir, step)
+        return step
+
+    # -- helpers ---------------------------------------------------------------------------
+    def to_device(self, batch: dict) -> dict:
+        batch = {k: v for k, v in batch.items() if k != "index"}
+        if self.mesh is None:
+            return {k: jnp.asarray(v) for k, v in batch.items()}
+        sharding = self.model_def.batch_sharding()
+        return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+
+    def _next_batch(self) -> dict:
+        while True:
+            for batch in self.train_loader:
+                return batch
+
+    def _save(self, step: int, metrics: dict | None = None) -> None:
+        meta = {
+            "step": step, "data": self.train_loader.state_dict() if self.train_loader else {},
+            "best": self.best, "evals_without_improvement": self.evals_without_improvement,
+        }
+        self.checkpointer.save(step, self._checkpoint_items(), meta=meta, metrics=metrics)
+        fault = os.environ.get(FAULT_ENV, "")
+        if fault == f"kill_during_save:{step}":
+            os.kill(os.getpid(), signal.SIGKILL)
+        if fault == f"kill_after_save:{step}":
+            self.checkpointer.wait()
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def _log(self, record: dict) -> None:
+        if not self.is_main:
+            return
+        if self.config.logging.jsonl:
+            with open(self.run_dir / "metrics.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+        if self._tb is not None:
+            for key, value in record.items():
+                if key not in ("step", "split") and isinstance(value, (int, float)):
+                    self._tb.add_scalar(f"{record.get('split', 'train')}/{key}", value, record["step"])
+
+    def model_for_inference(self):
+        """The trained model as an nnx module (eval mode)."""
+        return model_from_state(self.model_def, self.state)
+
+    # -- public API ------------------------------------------------------------------------
+    def evaluate(self, role: str = "eval") -> dict:
+        loader = build_loader(self.data, self.config, role, process_index=jax.process_index(),
+                              process_count=jax.process_count())
+        return evaluate_split(self.eval_step, self.state, loader, self.data, role, self.to_device)
+
+    def fit(self) -> dict:
+        """Train to ``total_steps`` (resuming if checkpoints exist); returns final metrics."""
+        c = self.config
+        if self.train_loader is None:
+            raise ConfigError("this trainer was built without a train split")
+        self._tb = None
+        if self.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            save_resolved(c, self.run_dir)
+            if c.logging.tensorboard:
+                try:
+                    from tensorboardX import SummaryWriter
+
+                    self._tb = SummaryWriter(str(self.run_dir / "tb"))
+                except ImportError:
+                    log.warning("tensorboardX is not installed: no TensorBoard event files")
+        eval_every = c.train.eval_every or len(self.train_loader) // max(c.optimizer.grad_accum_steps, 1) or 1
+        has_eval = "eval" in self.data.features
+        metric = c.primary_metric
+        results: dict = {}
+        bar = None
+        if self.is_main and c.logging.progress_bar:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=self.total_steps, initial=self._restored_step, desc="train", dynamic_ncols=True)
+        tokens, t0, finite = 0, time.perf_counter(), jnp.bool_(True)
+        step = self._restored_step
+        last_good = self.checkpointer.latest_step()
+        stop = False
+        while step < self.total_steps and not stop:
+            batch = self._next_batch()
+            tokens += int(batch["attention_mask"].sum()) * jax.process_count()
+            self.state, metrics = self.train_step(self.state, self.to_device(batch))
+            finite = finite & jnp.isfinite(metrics["loss"])
+            step += 1
+            if step % c.logging.every == 0 or step == self.total_steps:
+                self._check_finite(finite, step, last_good)
+                elapsed = time.perf_counter() - t0
+                record = {"step": step, "split": "train", "loss": float(metrics["loss"]),
+                          "learning_rate": float(self.schedule(step - 1)), "tokens_per_s": tokens / max(elapsed, 1e-9)}
+                self._log(record)
+                if bar is not None:
+                    bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{record['tokens_per_s']:.0f}")
+                tokens, t0 = 0, time.perf_counter()
+            if bar is not None:
+                bar.update(1)
+            eval_metrics = None
+            if has_eval and (step % eval_every == 0 or step == self.total_steps):
+                eval_metrics = self.evaluate("eval")
+                self._log({"step": step, "split": "eval", **eval_metrics})
+                results["eval"] = eval_metrics
+                stop = self._early_stop(eval_metrics.get(metric))
+            every = c.checkpoint.every
+            if (every and step % every == 0) or step == self.total_steps or stop:
+                self._check_finite(finite, step, last_good)
+                self._save(step, eval_metrics)
+                last_good = step
+        if bar is not None:
+            bar.close()
+        self.checkpointer.wait()
+        if c.eval.test_at_end and "test" in self.data.features:
+            results["test"] = self.evaluate("test")
+            self._log({"step": step, "split": "test", **results["test"]})
+        if self.is_main:
+            (self.run_dir / "results.json").write_text(json.dumps(results, indent=2))
+        if self._tb is not None:
+            self._tb.close()
+        return results
+
+    def _check_finite(self, finite, step: int, last_good: int | None) -> None:
+        if not bool(finite):
+            self.checkpointer.wait()
+            where = f"step {last_good}" if last_good is not None else "none saved yet"
+            raise TrainingDiverged(
+                f"loss became NaN/inf by step {step}; training stopped. Last good checkpoint: {where} in "
+                f"{self.run_dir / 'checkpoints'}. Lower optimizer.learning_rate, keep optimizer.max_grad_norm "
+                "set, or use float32 (model.dtype)"
+            )
+
+    def _early_stop(self, value) -> bool:
+        if value is None:
+            return False
+        value = float(value)
+        metric = self.config.primary_metric
+        better = self.best is None or (value < self.best if metric in LOWER_IS_BETTER else value > self.best)
+        if better:
+            self.best, self.evals_without_improvement = value, 0
+            return False
+        self.evals_without_improvement += 1
+        patience = self.config.train.early_stopping_patience
+        return patience is not None and self.evals_without_improvement >= patience
+
+    def export(self, directory: str | os.PathLike, *, merged: bool = True) -> Path:
+        """Write a ``transformers`` directory (merged) or a PEFT adapter directory."""
+        from jaxkernel.hf.peft_format import save_adapter, save_merged
+        from jaxkernel.hf.pretrained import save_pretrained
+        from jaxkernel.config import resolve_path
+        from jaxkernel.peft.trainable import has_trainable_params
+        from jaxkernel.quant.transform import dequantize_model, quantized_paths
+
+        model = self.model_for_inference()
+        directory = Path(directory)
+        if has_trainable_params(model) and not merged:
+            save_adapter(model, directory, base_model_name_or_path=resolve_path(self.config.model.path))
+        elif has_trainable_params(model):
+            if quantized_paths(model):
+                model = dequantize_model(model)
+            save_merged(model, directory)
+        else:
+            if quantized_paths(model):
+                model = dequantize_model(model)
+            save_pretrained(model, directory)
+        if self.is_main:
+            self.data.tokenizer.save_pretrained(str(directory))
+        return directory
