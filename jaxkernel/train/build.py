@@ -28,9 +28,6 @@ DEFAULT_LORA_TARGETS = {"bert": ("query", "value"), "gpt2": ("c_attn",)}
 
 def build_model(config: Config, labels: tuple[str, ...] | None = None) -> nnx.Module:
     """Pretrained model with the task head, then int8 (``quant``), then PEFT (``peft``)."""
-    from jaxkernel.peft import LoraConfig, PrefixConfig, apply_lora, apply_prefix_tuning
-    from jaxkernel.quant.transform import quantize_model
-
     m = config.model
     model = from_pretrained(
         resolve_path(m.path),
@@ -41,6 +38,14 @@ def build_model(config: Config, labels: tuple[str, ...] | None = None) -> nnx.Mo
         seed=config.train.seed,
         revision=m.revision,
     )
+    return adapt_model(model, config)
+
+
+def adapt_model(model: nnx.Module, config: Config) -> nnx.Module:
+    """Apply the config's int8 quantization and PEFT method to ``model`` (in place)."""
+    from jaxkernel.peft import LoraConfig, PrefixConfig, apply_lora, apply_prefix_tuning
+    from jaxkernel.quant.transform import quantize_model
+
     if config.quant.method == "int8":
         quantize_model(model, **config.quant.as_kwargs())
     p = config.peft
