@@ -28,7 +28,7 @@ from jaxkernel.models.gpt2 import (  # noqa: E402
 from jaxkernel.quant.int8 import Int8Embed, Int8Linear, Int8Weight, QuantScale, dequantize, quantize_int8  # noqa: E402
 from jaxkernel.quant.io import load_quantized, save_quantized  # noqa: E402
 from jaxkernel.quant.memory import MemoryReport, param_bytes  # noqa: E402
-from jaxkernel.quant.transform import QuantConfig, dequantize_model, quantize_model  # noqa: E402
+from jaxkernel.quant.transform import dequantize_model, quantize_model  # noqa: E402
 from jaxkernel.hf.peft_format import load_adapter, save_adapter, save_merged  # noqa: E402
 from jaxkernel.peft import (  # noqa: E402
     LoraConfig,

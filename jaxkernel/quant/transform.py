@@ -20,38 +20,26 @@ Example::
     quantize_model(model)                                   # weight-only, block linears
     quantize_model(other, targets=["query", "value"], mode="w8a8")
     float_copy = dequantize_model(model)                    # for save_pretrained
+
+The config section is ``jaxkernel.config.QuantConfig`` (``quant.mode=w8a8`` ...):
+``quantize_model(model, **config.quant.as_kwargs())``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
-import re
 from typing import Iterator, Sequence
 
 from flax import nnx
 
 from jaxkernel.models.layers import Embed, Linear
+from jaxkernel.peft.targets import path_matches
 from jaxkernel.quant.int8 import MODES, Int8Embed, Int8Linear, Mode, _check_mode
 
 Targets = str | Sequence[str] | None
 
 DEFAULT_TARGETS = r"(.*\.)?(encoder\.layer|h)\.\d+\..*"
 """Regex for the default targets: every Linear inside a BERT layer or GPT-2 block."""
-
-
-@dataclasses.dataclass(frozen=True)
-class QuantConfig:
-    """Quantization settings as a config section: ``quantize_model(model, **vars(cfg))``."""
-
-    mode: str = "weight_only"
-    targets: str | tuple[str, ...] | None = None
-    skip: str | tuple[str, ...] | None = None
-    group_size: int | None = None
-    include_heads: bool = False
-
-    def __post_init__(self):
-        _check_mode(self.mode)
 
 
 def _path_str(path: tuple) -> str:
@@ -65,11 +53,7 @@ def _modules(model: nnx.Module, types: tuple[type, ...]) -> Iterator[tuple[tuple
 
 
 def _matches(path: str, pattern: Targets) -> bool:
-    if pattern is None:
-        return False
-    if isinstance(pattern, str):
-        return re.fullmatch(pattern, path) is not None
-    return any(path == name or path.endswith("." + name) for name in pattern)
+    return pattern is not None and path_matches(path, pattern)  # PEFT's rule, shared with LoRA
 
 
 def _check_known(pattern: Targets, paths: list[str], what: str) -> None:
@@ -195,4 +179,4 @@ def dequantize_model(model: nnx.Module) -> nnx.Module:
     return copy
 
 
-__all__ = ["DEFAULT_TARGETS", "MODES", "QuantConfig", "dequantize_model", "quantize_model", "quantized_paths"]
+__all__ = ["DEFAULT_TARGETS", "MODES", "dequantize_model", "quantize_model", "quantized_paths"]
