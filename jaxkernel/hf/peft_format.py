@@ -243,6 +243,8 @@ def load_adapter(model: nnx.Module, directory: str | os.PathLike, *, seed: int =
     Raises:
       ValueError / MappingError: unsupported adapter options, or tensors that do
         not fit the model (names the tensor, its shape and the expectation).
+        After an error the model may already carry the (partly filled)
+        adapter: load the base model again before retrying.
     """
     hf, tensors, source = read_adapter(directory)
     family = family_of(model)
