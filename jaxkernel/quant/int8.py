@@ -167,6 +167,19 @@ def _w8a8_bwd(res, dy):
 w8a8_matmul.defvjp(_w8a8_fwd, _w8a8_bwd)
 
 
+def _after(q: jax.Array, x: jax.Array) -> jax.Array:
+    """``q`` unchanged, but data-dependent on ``x`` (one scalar), fused into the conversion.
+
+    XLA:CPU drops ``optimization_barrier`` early and schedules every layer's int8 -> float
+    conversion at the start of the program, holding all the float kernels at once: the
+    int8 model then peaks *above* the float one. Making the conversion depend on the
+    layer's input keeps one layer's float kernel alive at a time. (``x != x`` is only
+    true for NaN, where the output is NaN anyway.)
+    """
+    flag = jax.lax.stop_gradient(x.reshape(-1)[0])
+    return jnp.where(flag != flag, jnp.zeros((), q.dtype), q)
+
+
 def _check_mode(mode: str) -> None:
     if mode not in MODES:
         raise ValueError(f"quantization mode {mode!r} is not supported; use one of {MODES}")
@@ -245,6 +258,7 @@ class Int8Linear(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         q, scale = self.kernel[...], self.scale[...]
         out_dtype = self.dtype or jnp.result_type(x.dtype, jnp.float32)
+        q = _after(q, x)
         if self.mode == "w8a8":
             y = w8a8_matmul(x, q, scale).astype(out_dtype)
         elif self.group_size is None:

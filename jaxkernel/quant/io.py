@@ -37,6 +37,8 @@ import json
 import os
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from safetensors.numpy import load_file, save_file
@@ -129,9 +131,17 @@ def load_quantized(directory: str | os.PathLike) -> nnx.Module:
     if quant.get("dtype"):
         overrides["dtype"] = quant["dtype"]
     config = family.config_from_hf(hf, overrides)
-    model = build_model(family, family.task_for_architecture(hf.get("architectures")), config)
+    task = family.task_for_architecture(hf.get("architectures"))
+    # Built abstractly: no float copy of the weights is ever materialised.
+    model = nnx.eval_shape(lambda: _int8_skeleton(build_model(family, task, config), quant["modules"], source))
+    _fill(model, load_file(str(weights)), str(weights))
+    _concrete_rngs(model)
+    return model
+
+
+def _int8_skeleton(model: nnx.Module, records: dict[str, dict], source: str) -> nnx.Module:
     modules = {_path_str(path): (path, node) for path, node in _modules(model, (Linear, Embed))}
-    for name, record in quant["modules"].items():
+    for name, record in records.items():
         if name not in modules:
             raise ValueError(f"{source} records int8 module {name!r}, which the {type(model).__name__} lacks")
         path, node = modules[name]
@@ -140,8 +150,16 @@ def load_quantized(directory: str | os.PathLike) -> nnx.Module:
         else:
             new = Int8Embed.from_embed(node)
         _replace(model, path, new)
-    _fill(model, load_file(str(weights)), str(weights))
     return model
+
+
+def _concrete_rngs(model: nnx.Module) -> None:
+    """Dropout RNG streams of an abstract build get fresh concrete state (seed 0, count 0)."""
+    for _, var in nnx.to_flat_state(nnx.state(model, nnx.RngState)):
+        if isinstance(var, nnx.RngKey):
+            var.set_value(jax.random.key(0))
+        else:
+            var.set_value(jnp.zeros(var.shape, var.dtype))
 
 
 def _fill(model: nnx.Module, tensors: dict[str, np.ndarray], source: str) -> None:
@@ -161,4 +179,4 @@ def _fill(model: nnx.Module, tensors: dict[str, np.ndarray], source: str) -> Non
                 f"{source}: tensor {path!r} is {value.dtype}{list(value.shape)}, the model expects "
                 f"{np.dtype(var.dtype)}{list(var.shape)}"
             )
-        var[...] = value
+        var.set_value(jnp.asarray(value))
