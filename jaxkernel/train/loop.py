@@ -181,10 +181,14 @@ class Trainer:
         return model_from_state(self.model_def, self.state)
 
     # -- public API ------------------------------------------------------------------------
+    def evaluate_loader(self, role: str = "eval") -> DataLoader:
+        """The in-order loader of a split (this process's share of each batch)."""
+        return build_loader(self.data, self.config, role, process_index=jax.process_index(),
+                            process_count=jax.process_count())
+
     def evaluate(self, role: str = "eval") -> dict:
-        loader = build_loader(self.data, self.config, role, process_index=jax.process_index(),
-                              process_count=jax.process_count())
-        return evaluate_split(self.eval_step, self.state, loader, self.data, role, self.to_device)
+        """The task's metrics on ``role`` ("eval" or "test") with the current state."""
+        return evaluate_split(self.eval_step, self.state, self.evaluate_loader(role), self.data, role, self.to_device)
 
     def fit(self) -> dict:
         """Train to ``total_steps`` (resuming if checkpoints exist); returns final metrics."""
