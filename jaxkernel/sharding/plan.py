@@ -151,9 +151,11 @@ def estimate_activation_bytes(config, task: str, axis_sizes, rules, batch_size: 
 
     Per layer and token: ~6 D values replicated over ``tensor`` (LayerNorm
     inputs/outputs, residuals, projections), 4 D + 2 F split over it (q, k, v,
-    attention output, MLP hidden and activation), and per head 3 float32
-    T-long rows (scores, probabilities, dropped probabilities) plus a byte mask;
-    then the float32 logits, log-softmax and their gradient.
+    attention output, MLP hidden and activation), 2 D bytes of dropout masks,
+    and per head a T-long row of float32 probabilities, their dropped copy in
+    the compute dtype and a byte mask; then the float32 logits, log-softmax and
+    their gradient. Attention rows dominate at long T: shorten sequences or
+    use microbatches when they do not fit.
     """
     d = getattr(config, "hidden_size", None) or config.n_embd
     layers = getattr(config, "num_hidden_layers", None) or config.n_layer
@@ -167,7 +169,7 @@ def estimate_activation_bytes(config, task: str, axis_sizes, rules, batch_size: 
     tp_mlp = math.prod(axis_sizes.get(a, 1) for a in rules.mesh_axes("mlp"))
     t = seq_len
     per_layer = b * t * ((6 * d + 4 * d / tp) * dtype_bytes + 2 * f / tp_mlp * dtype_bytes + 2 * d)
-    per_layer += b * heads / tp * t * t * (3 * 4 + 1)
+    per_layer += b * heads / tp * t * t * (4 + dtype_bytes + 1)
     out_dim = vocab if task in ("causal-lm", "masked-lm") else getattr(config, "num_labels", 2)
     vocab_ways = math.prod(axis_sizes.get(a, 1) for a in rules.mesh_axes("vocab")) if out_dim == vocab else 1
     logits = b * t * out_dim / vocab_ways * 4 * 3
@@ -272,7 +274,7 @@ def _fit_warnings(plan: Plan, rules: sharding_rules.ShardingRules) -> None:
         if need > have:
             plan.warnings.append(
                 f"does not fit: needs ~{need / GiB:.1f} GiB per device, devices have {have / GiB:.1f} GiB. "
-                "Try fsdp/fsdp_tp over more devices, LoRA, a smaller batch, microbatches or bf16"
+                "Try fsdp/fsdp_tp over more devices, LoRA, a smaller batch or sequence length, microbatches or bf16"
             )
         elif need > 0.9 * have:
             plan.warnings.append(
