@@ -339,3 +339,25 @@ def test_cli_quantize_verb(tmp_path, capsys):
     transformers.AutoModelForTokenClassification.from_pretrained(tmp_path / "back")
     assert cli_main(["quantize", str(src), str(tmp_path / "bad"), "--targets", "qurey"]) == 1
     assert "matches no Linear/Embed module" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- sharding
+
+
+@pytest.mark.parametrize("mode", ["weight_only", "w8a8"])
+def test_int8_state_shards_by_its_logical_axes(mode):
+    from jaxkernel.sharding.mesh import MeshConfig, make_mesh
+    from jaxkernel.sharding.rules import get_rules, tree_shardings
+
+    model = quantize_model(tiny_gpt2(n_embd=48, n_head=4), mode=mode)
+    ids = ids_batch(shape=(8, 7))
+    expected, _ = model(ids)
+    mesh = make_mesh(MeshConfig.for_preset("fsdp_tp"))
+    graphdef, state = nnx.split(model)
+    shardings = tree_shardings(state, mesh, get_rules("fsdp_tp"))
+    state = jax.device_put(state, shardings)
+    kernel = state["transformer"]["h"][0]["mlp"]["c_fc"]["kernel"]
+    assert isinstance(kernel, Int8Weight) and kernel[...].dtype == jnp.int8
+    assert len(kernel[...].sharding.device_set) == 8 and not kernel[...].sharding.is_fully_replicated
+    logits, _ = jax.jit(lambda s, ids: nnx.merge(graphdef, s)(ids))(state, ids)
+    np.testing.assert_allclose(np.asarray(logits), np.asarray(expected), atol=1e-4)
