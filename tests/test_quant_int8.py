@@ -361,3 +361,21 @@ def test_int8_state_shards_by_its_logical_axes(mode):
     assert len(kernel[...].sharding.device_set) == 8 and not kernel[...].sharding.is_fully_replicated
     logits, _ = jax.jit(lambda s, ids: nnx.merge(graphdef, s)(ids))(state, ids)
     np.testing.assert_allclose(np.asarray(logits), np.asarray(expected), atol=1e-4)
+
+
+def test_int8_state_round_trips_through_orbax(tmp_path):
+    from jaxkernel.checkpoint import Checkpointer, abstract_like
+
+    model = quantize_model(tiny_bert(intermediate_size=48), mode="w8a8", group_size=12)
+    state = nnx.state(model, nnx.Not(nnx.RngState))
+    ckpt = Checkpointer(tmp_path / "ckpt", async_save=False)
+    ckpt.save(1, state, meta={"what": "int8"})
+    restored, meta = ckpt.restore(1, abstract_like(state))
+    ckpt.close()
+    assert meta == {"what": "int8"}
+    flat = dict(nnx.to_flat_state(restored))
+    for path, var in nnx.to_flat_state(state):
+        assert type(flat[path]) is type(var)
+        assert flat[path][...].dtype == var[...].dtype
+        np.testing.assert_array_equal(np.asarray(flat[path][...]), np.asarray(var[...]))
+    assert any(isinstance(v, Int8Weight) for _, v in nnx.to_flat_state(restored))
