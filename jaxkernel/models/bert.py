@@ -22,6 +22,7 @@ from flax import nnx
 
 from jaxkernel.models.attention import attention, padding_mask
 from jaxkernel.models.layers import ACTIVATIONS, Embed, LayerNorm, Linear, logical_param
+from jaxkernel.sharding.rules import constrain
 
 
 @dataclasses.dataclass(frozen=True)
@@ -168,7 +169,8 @@ class BertEncoder(nnx.Module):
 
     def __call__(self, x, mask, prefix_kv=None):
         for i, layer in enumerate(self.layer):
-            x = layer(x, mask, None if prefix_kv is None else prefix_kv[i])
+            # Layer boundary: batch-split residual stream (a no-op outside a sharded step).
+            x = constrain(layer(x, mask, None if prefix_kv is None else prefix_kv[i]), ("batch", "length", "embed"))
         return x
 
 

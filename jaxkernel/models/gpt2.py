@@ -25,6 +25,7 @@ from flax import nnx
 
 from jaxkernel.models.attention import attention, causal_mask
 from jaxkernel.models.layers import ACTIVATIONS, Embed, LayerNorm, Linear
+from jaxkernel.sharding.rules import constrain
 
 
 @dataclasses.dataclass(frozen=True)
@@ -230,6 +231,7 @@ class Gpt2Model(nnx.Module):
                 x, mask, layer_cache, None if cache is None else cache.index,
                 None if prefix_kv is None else prefix_kv[i],
             )
+            x = constrain(x, ("batch", "length", "embed"))  # layer boundary; no-op outside a sharded step
             if cache is not None:
                 new_keys.append(new_layer_cache[0])
                 new_values.append(new_layer_cache[1])
