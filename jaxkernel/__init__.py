@@ -47,3 +47,15 @@ from jaxkernel.peft import (  # noqa: E402
     trainable_filter,
     unmerge_lora,
 )
+from jaxkernel.sharding.mesh import DistributedConfig, MeshConfig, initialize_distributed, make_mesh  # noqa: E402
+from jaxkernel.sharding.placement import create_sharded, from_pretrained_sharded, shard_batch  # noqa: E402
+from jaxkernel.sharding.plan import format_plan, plan_config, plan_model  # noqa: E402
+from jaxkernel.sharding.rules import ShardingRules, constrain, get_rules  # noqa: E402
+from jaxkernel.train.step import (  # noqa: E402
+    ModelDef,
+    TrainState,
+    init_train_state,
+    make_eval_step,
+    make_train_step,
+    model_from_state,
+)

@@ -106,3 +106,31 @@ def test_sharded_steps_equal_single_device(mesh_name, model, lora):
         np.testing.assert_allclose(loss, ref_loss, rtol=1e-5, err_msg=f"{mesh_name} loss at step {n}")
         np.testing.assert_allclose(grad_norm, ref_grad_norm, rtol=1e-5, err_msg=f"{mesh_name} grad norm at step {n}")
         _assert_params_close(params, ref_params, f"{mesh_name} after {n} step(s)")
+
+
+@pytest.mark.slow
+def test_int8_base_with_lora_under_fsdp_tp():
+    """Frozen int8 weights and their scales shard by the same logical axes; training matches one device."""
+    from jaxkernel.models.gpt2 import Gpt2LMHeadModel
+    from jaxkernel.peft import LoraConfig, apply_lora
+    from jaxkernel.quant.transform import quantize_model
+    from test_sharding_rules import GPT2_CFG
+
+    def build():
+        model = quantize_model(Gpt2LMHeadModel(GPT2_CFG, rngs=nnx.Rngs(0)))
+        return apply_lora(model, LoraConfig(r=4, alpha=8, target_modules=["c_attn"]))
+
+    batch, tx = _batch("gpt2"), _tx()
+    results = []
+    for mesh in (None, make_mesh(MeshConfig((1, 2, 4)))):
+        model = build() if mesh is None else create_sharded(build, mesh, "fsdp_tp")
+        model_def, state = init_train_state(model, tx, trainable=trainable_filter(model), mesh=mesh, rules="fsdp_tp")
+        step = make_train_step(model_def, tx)
+        for _ in range(2):
+            state, metrics = step(state, batch if mesh is None else shard_batch(batch, mesh))
+        results.append((float(metrics["loss"]), jax.device_get(state.params)))
+        if mesh is not None:
+            kernel = state.frozen["transformer"]["h"][0]["mlp"]["c_fc"]["kernel"].get_value()
+            assert kernel.dtype == np.int8 and kernel.sharding.spec == jax.P("fsdp", "tensor")
+    np.testing.assert_allclose(results[1][0], results[0][0], rtol=1e-5)
+    _assert_params_close(results[1][1], results[0][1], "int8 + LoRA")
