@@ -21,7 +21,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxkernel.models.attention import attention, padding_mask
-from jaxkernel.models.layers import ACTIVATIONS, Embed, LayerNorm, Linear, logical_param
+from jaxkernel.models.layers import ACTIVATIONS, Embed, LayerNorm, Linear, logical_param, run_layer
 from jaxkernel.sharding.rules import constrain
 
 
@@ -166,11 +166,13 @@ class BertLayer(nnx.Module):
 class BertEncoder(nnx.Module):
     def __init__(self, config: BertConfig, *, rngs: nnx.Rngs):
         self.layer = nnx.List([BertLayer(config, rngs=rngs) for _ in range(config.num_hidden_layers)])
+        self.remat = False  # set by the trainer (train.remat): recompute layer activations in backward
 
     def __call__(self, x, mask, prefix_kv=None):
         for i, layer in enumerate(self.layer):
+            x = run_layer(layer, x, mask, None if prefix_kv is None else prefix_kv[i], remat=self.remat)
             # Layer boundary: batch-split residual stream (a no-op outside a sharded step).
-            x = constrain(layer(x, mask, None if prefix_kv is None else prefix_kv[i]), ("batch", "length", "embed"))
+            x = constrain(x, ("batch", "length", "embed"))
         return x
 
 

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxkernel.models.attention import attention, causal_mask
-from jaxkernel.models.layers import ACTIVATIONS, Embed, LayerNorm, Linear
+from jaxkernel.models.layers import ACTIVATIONS, Embed, LayerNorm, Linear, run_layer
 from jaxkernel.sharding.rules import constrain
 
 
@@ -179,6 +179,7 @@ class Gpt2Model(nnx.Module):
         self.drop = _dropout(config.embd_pdrop, rngs)
         self.h = nnx.List([Gpt2Block(config, rngs=rngs) for _ in range(config.n_layer)])
         self.ln_f = LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
+        self.remat = False  # set by the trainer (train.remat): recompute block activations in backward
         # Set by jaxkernel.peft.apply_prefix_tuning; then builds prefix_kv when none is passed.
         self.prefix_encoder = nnx.data(None)
 
@@ -227,9 +228,9 @@ class Gpt2Model(nnx.Module):
         new_keys, new_values = [], []
         for i, block in enumerate(self.h):
             layer_cache = None if cache is None else (cache.keys[i], cache.values[i])
-            x, new_layer_cache = block(
-                x, mask, layer_cache, None if cache is None else cache.index,
-                None if prefix_kv is None else prefix_kv[i],
+            x, new_layer_cache = run_layer(
+                block, x, mask, layer_cache, None if cache is None else cache.index,
+                None if prefix_kv is None else prefix_kv[i], remat=self.remat,
             )
             x = constrain(x, ("batch", "length", "embed"))  # layer boundary; no-op outside a sharded step
             if cache is not None:

@@ -144,3 +144,18 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "swish": jax.nn.silu,
     "tanh": jnp.tanh,
 }
+
+
+def run_layer(layer: nnx.Module, *args, remat: bool = False):
+    """Call one transformer layer; with ``remat`` its activations are recomputed in the
+    backward pass instead of stored (``jax.checkpoint``): less memory, ~1/3 more compute."""
+    if not remat:
+        return layer(*args)
+    # A pure function of the layer's state: RNG-counter updates inside are dropped, which is
+    # safe because every Dropout owns its stream and the train step re-seeds streams per step.
+    graphdef, state = nnx.split(layer)
+
+    def pure(state, *inputs):
+        return nnx.merge(graphdef, state)(*inputs)
+
+    return jax.checkpoint(pure)(state, *args)

@@ -46,6 +46,8 @@ def adapt_model(model: nnx.Module, config: Config) -> nnx.Module:
     from jaxkernel.peft import LoraConfig, PrefixConfig, apply_lora, apply_prefix_tuning
     from jaxkernel.quant.transform import quantize_model
 
+    if config.train.remat:
+        set_remat(model, True)
     if config.quant.method == "int8":
         quantize_model(model, **config.quant.as_kwargs())
     p = config.peft
@@ -69,6 +71,15 @@ def adapt_model(model: nnx.Module, config: Config) -> nnx.Module:
             "(full fine-tuning of int8 weights is not supported)"
         )
     return model
+
+
+def set_remat(model: nnx.Module, enabled: bool = True) -> None:
+    """Rematerialise every transformer layer of ``model`` (BERT encoder / GPT-2 blocks)."""
+    stacks = [m for _, m in nnx.iter_modules(model) if hasattr(m, "remat") and isinstance(m.remat, bool)]
+    if not stacks:
+        raise ConfigError(f"train.remat: {type(model).__name__} has no layer stack to rematerialise")
+    for stack in stacks:
+        stack.remat = enabled
 
 
 def build_schedule(config: Config, total_steps: int) -> optax.Schedule:
