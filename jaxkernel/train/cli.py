@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -43,9 +44,34 @@ def _print_metrics(name: str, metrics: dict) -> None:
     print(f"{name}: {shown}")
 
 
+DISTRIBUTED_ENV = "JAXKERNEL_DISTRIBUTED"  # "1": jax.distributed.initialize() finds the other hosts itself
+
+
+def _initialize_distributed() -> bool:
+    """Join a multi-process run before JAX starts, when the environment asks for one.
+
+    ``JAX_COORDINATOR_ADDRESS`` / ``JAX_NUM_PROCESSES`` / ``JAX_PROCESS_ID`` (CPU or GPU
+    clusters, the two-process tests) go through ``jaxkernel.sharding.initialize_distributed``;
+    ``JAXKERNEL_DISTRIBUTED=1`` without a coordinator lets ``jax.distributed.initialize()``
+    auto-detect the cluster (TPU pod slices: ``tpu_scripts/launch.sh`` sets it). Neither: one
+    process, nothing to do.
+    """
+    from jaxkernel.sharding.mesh import initialize_distributed
+
+    if os.environ.get(DISTRIBUTED_ENV) == "1" and not os.environ.get("JAX_COORDINATOR_ADDRESS"):
+        import jax
+
+        jax.distributed.initialize()
+        return True
+    return initialize_distributed()
+
+
 def _run_train(args) -> int:
+    _initialize_distributed()
     trainer = _trainer(args, ("train", "eval", "test"))
     results = trainer.fit()
+    if not trainer.is_main:  # in a multi-process run only process 0 reports
+        return 0
     for split, metrics in results.items():
         _print_metrics(split, metrics)
     if "test" in results and "f1" in results["test"]:

@@ -7,6 +7,12 @@ trainer on a run directory that holds checkpoints *resumes* it: parameters,
 optimizer state, step, RNG and the data position are restored, so the rest of
 the run is bit-identical to an uninterrupted one (on the same devices).
 
+``train.run_dir`` may be a URL (``gs://bucket/runs/x``): the trainer then reads and
+writes it through ``etils.epath`` (the path library Orbax uses), and since object
+stores cannot append, ``metrics.jsonl`` is rewritten whole at each checkpoint and at
+the end instead of appended line by line. Only process 0 writes files other than
+checkpoints (which every process writes together through Orbax).
+
 Example (notebook)::
 
     config = load_config("configs/bert_ner_lora.yaml", ["train.steps=100"])
@@ -44,6 +50,23 @@ IDENTITY_FIELDS = ("model", "peft", "quant", "data.source", "data.max_length", "
 FAULT_ENV = "JAXKERNEL_FAULT"  # test hook: "kill_after_save:N" / "kill_during_save:N" SIGKILLs the process
 
 
+def _is_url(path) -> bool:
+    return "://" in str(path)
+
+
+def run_path(run_dir: str | os.PathLike):
+    """``run_dir`` as a path object: ``pathlib.Path`` locally, ``etils.epath.Path`` for URLs.
+
+    ``pathlib`` collapses ``gs://bucket`` to ``gs:/bucket``; epath keeps the scheme and
+    talks to the object store (the same library Orbax uses for checkpoints).
+    """
+    if _is_url(run_dir):
+        from etils import epath
+
+        return epath.Path(str(run_dir))
+    return Path(run_dir)
+
+
 class TrainingDiverged(RuntimeError):
     """Loss became NaN/inf; the last good checkpoint is left untouched."""
 
@@ -70,7 +93,7 @@ class Trainer:
 
     def __init__(self, config: Config, *, roles=("train", "eval", "test")):
         self.config = config
-        self.run_dir = Path(config.train.run_dir)
+        self.run_dir = run_path(config.train.run_dir)
         self.is_main = jax.process_index() == 0
         self._check_run_dir()
         self.data = build_task_data(config, roles=roles)
@@ -99,6 +122,7 @@ class Trainer:
         )
         self.best: float | None = None
         self.evals_without_improvement = 0
+        self._metrics_lines: list[str] | None = None  # buffered metrics.jsonl lines when run_dir is a URL
         self._restored_step = self._maybe_restore()
 
     # -- run directory ---------------------------------------------------------------------
@@ -107,10 +131,15 @@ class Trainer:
         resolved = self.run_dir / RESOLVED_NAME
         if not resolved.exists():
             return
-        from jaxkernel.config import load_config
+        from jaxkernel.config import config_from_dict, load_config
 
         try:
-            previous = _identity(load_config(resolved))
+            if _is_url(resolved):  # load_config reads local files only
+                import yaml
+
+                previous = _identity(config_from_dict(yaml.safe_load(resolved.read_text()), source=str(resolved)))
+            else:
+                previous = _identity(load_config(resolved))
         except Exception as err:
             raise ConfigError(f"{resolved} exists but is not a readable jaxkernel config ({err}); "
                               "use a new train.run_dir") from err
@@ -158,6 +187,7 @@ class Trainer:
             "best": self.best, "evals_without_improvement": self.evals_without_improvement,
         }
         self.checkpointer.save(step, self._checkpoint_items(), meta=meta, metrics=metrics)
+        self._flush_metrics()
         fault = os.environ.get(FAULT_ENV, "")
         if fault == f"kill_during_save:{step}":
             os.kill(os.getpid(), signal.SIGKILL)
@@ -168,13 +198,20 @@ class Trainer:
     def _log(self, record: dict) -> None:
         if not self.is_main:
             return
-        if self.config.logging.jsonl:
+        if self.config.logging.jsonl and self._metrics_lines is not None:
+            self._metrics_lines.append(json.dumps(record) + "\n")  # a URL run dir: written by _flush_metrics
+        elif self.config.logging.jsonl:
             with open(self.run_dir / "metrics.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
         if self._tb is not None:
             for key, value in record.items():
                 if key not in ("step", "split") and isinstance(value, (int, float)):
                     self._tb.add_scalar(f"{record.get('split', 'train')}/{key}", value, record["step"])
+
+    def _flush_metrics(self) -> None:
+        """Rewrite ``metrics.jsonl`` whole (URL run dirs only: object stores cannot append)."""
+        if self.is_main and self._metrics_lines is not None and self.config.logging.jsonl:
+            (self.run_dir / "metrics.jsonl").write_text("".join(self._metrics_lines))
 
     def model_for_inference(self):
         """The trained model as an nnx module (eval mode)."""
@@ -198,7 +235,15 @@ class Trainer:
         self._tb = None
         if self.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            save_resolved(c, self.run_dir)
+            if _is_url(self.run_dir):
+                from jaxkernel.config import to_yaml
+
+                (self.run_dir / RESOLVED_NAME).write_text(
+                    "# Resolved jaxkernel config: every key, defaults included.\n" + to_yaml(c))
+                previous = self.run_dir / "metrics.jsonl"
+                self._metrics_lines = [previous.read_text()] if previous.exists() else []
+            else:
+                save_resolved(c, self.run_dir)
             if c.logging.tensorboard:
                 try:
                     from tensorboardX import SummaryWriter
@@ -253,6 +298,7 @@ class Trainer:
         if c.eval.test_at_end and "test" in self.data.features:
             results["test"] = self.evaluate("test")
             self._log({"step": step, "split": "test", **results["test"]})
+        self._flush_metrics()
         if self.is_main:
             (self.run_dir / "results.json").write_text(json.dumps(results, indent=2))
         if self._tb is not None:
