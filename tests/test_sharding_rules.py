@@ -207,6 +207,8 @@ def test_planner_report_and_warnings():
                        device_memory=parse_bytes("16GiB"))
     assert not plan.warnings, plan.warnings
     assert plan.param_bytes == pytest.approx(plan.num_params * 4 / 8, rel=0.01)
+    remat = plan_config(gpt2_xl, "causal-lm", mesh=(1, 8, 1), preset="fsdp", batch_size=8, seq_len=512, remat=True)
+    assert remat.activation_bytes < plan.activation_bytes / 10
     report = format_plan(plan)
     assert "transformer.h.*.attn.c_attn.kernel" in report and "P('fsdp')" in report
     plan = plan_config(gpt2_xl, "causal-lm", mesh=(1, 2, 4), preset="fsdp_tp", batch_size=8, seq_len=1024)

@@ -146,7 +146,7 @@ def shard_bytes(shape, dtype, spec, axis_sizes: Mapping[str, int]) -> int:
 
 
 def estimate_activation_bytes(config, task: str, axis_sizes, rules, batch_size: int, seq_len: int,
-                              microbatches: int = 1) -> int:
+                              microbatches: int = 1, remat: bool = False) -> int:
     """Saved forward activations per device for one microbatch (no remat), an estimate.
 
     Per layer and token: ~6 D values replicated over ``tensor`` (LayerNorm
@@ -155,7 +155,9 @@ def estimate_activation_bytes(config, task: str, axis_sizes, rules, batch_size: 
     and per head a T-long row of float32 probabilities, their dropped copy in
     the compute dtype and a byte mask; then the float32 logits, log-softmax and
     their gradient. Attention rows dominate at long T: shorten sequences or
-    use microbatches when they do not fit.
+    use microbatches when they do not fit. With ``remat`` (layer
+    rematerialisation, ``train.remat``) only each layer's input is kept, plus
+    one layer's activations while it is recomputed.
     """
     d = getattr(config, "hidden_size", None) or config.n_embd
     layers = getattr(config, "num_hidden_layers", None) or config.n_layer
@@ -173,6 +175,8 @@ def estimate_activation_bytes(config, task: str, axis_sizes, rules, batch_size: 
     out_dim = vocab if task in ("causal-lm", "masked-lm") else getattr(config, "num_labels", 2)
     vocab_ways = math.prod(axis_sizes.get(a, 1) for a in rules.mesh_axes("vocab")) if out_dim == vocab else 1
     logits = b * t * out_dim / vocab_ways * 4 * 3
+    if remat:
+        return int(layers * b * t * d * dtype_bytes + per_layer + logits)
     return int(layers * per_layer + logits)
 
 
@@ -187,6 +191,7 @@ def plan_model(
     optimizer: str = "adamw",
     microbatches: int = 1,
     device_memory: int | None = None,
+    remat: bool = False,
 ) -> Plan:
     """Plan an abstract model (``nnx.eval_shape(...)``) on a mesh of ``axis_sizes``.
 
@@ -200,6 +205,7 @@ def plan_model(
       microbatches: gradient accumulation steps (activations shrink, an
         accumulator the size of the gradients is added).
       device_memory: bytes per device; when given, fit warnings are issued.
+      remat: layer rematerialisation is on (smaller activation estimate).
     """
     rules = sharding_rules.get_rules(rules)
     sizes = sharding_rules.axis_sizes_of(axis_sizes)
@@ -244,7 +250,7 @@ def plan_model(
     activation_bytes = 0
     if config is not None:
         activation_bytes = estimate_activation_bytes(
-            config, getattr(abstract_model, "task", ""), sizes, rules, batch_size, seq_len, microbatches
+            config, getattr(abstract_model, "task", ""), sizes, rules, batch_size, seq_len, microbatches, remat
         )
     plan = Plan(
         rules.name, dict(sizes), batch_size, seq_len, microbatches, optimizer, rows, param_bytes, trainable_bytes,
@@ -406,7 +412,7 @@ def _run_plan(args) -> int:
     plan = plan_config(
         config, task, mesh=mesh, preset=args.preset, overrides=overrides, num_devices=num_devices,
         batch_size=args.batch_size, seq_len=args.seq_len, optimizer=args.optimizer,
-        microbatches=args.microbatches, device_memory=memory,
+        microbatches=args.microbatches, device_memory=memory, remat=args.remat,
     )
     print(f"{args.model} ({task}), estimated:")
     print(format_plan(plan))
@@ -432,6 +438,7 @@ def add_plan(subparsers) -> None:
     p.add_argument("--seq-len", type=int, default=512)
     p.add_argument("--microbatches", type=int, default=1)
     p.add_argument("--optimizer", default="adamw", choices=sorted(OPTIMIZER_SLOTS))
+    p.add_argument("--remat", action="store_true", help="layer rematerialisation (train.remat) is on")
     p.add_argument("--dtype", default=None, help="compute dtype, e.g. bfloat16 (parameters stay float32)")
     p.add_argument("--num-labels", type=int, default=None)
     p.add_argument("--rule", action="append", metavar="LOGICAL=AXES",
