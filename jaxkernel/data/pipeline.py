@@ -95,8 +95,9 @@ def build_loader(
     """The loader of one role: train shuffles by (train.seed, epoch) and drops the partial batch;
     eval and test keep order and pad the last batch (rows with ``index`` -1).
 
-    ``train.batch_size`` is one micro-batch: with ``optimizer.grad_accum_steps`` = k the loop
-    takes k loader batches per optimizer step.
+    ``train.batch_size`` is one micro-batch. The trainer builds its own train loader of
+    ``k * train.batch_size`` rows (``optimizer.grad_accum_steps`` = k) and the jitted step splits
+    each such batch into k micro-batches; this function serves eval, test and predict.
     """
     if role not in data.features:
         raise DataError(f"this run has no {role} split (it has {sorted(data.features)}); check data.{role}_split")

@@ -251,7 +251,7 @@ class Trainer:
                     self._tb = SummaryWriter(str(self.run_dir / "tb"))
                 except ImportError:
                     log.warning("tensorboardX is not installed: no TensorBoard event files")
-        eval_every = c.train.eval_every or len(self.train_loader) // max(c.optimizer.grad_accum_steps, 1) or 1
+        eval_every = c.train.eval_every or len(self.train_loader)  # loader batches are optimizer steps
         has_eval = "eval" in self.data.features
         metric = c.primary_metric
         results: dict = {}
