@@ -67,7 +67,19 @@ class Checkpointer:
         return self.manager.latest_step()
 
     def best_step(self) -> int | None:
-        return self.manager.best_step() if self.best_metric else None
+        """The kept step with the best ``best_metric`` (None without a metric or checkpoints)."""
+        if not self.best_metric:
+            return None
+        scored = []
+        for step in self.manager.all_steps():
+            meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+            value = (meta.get("_metrics") or {}).get(self.best_metric)
+            if value is not None:
+                scored.append((float(value), step))
+        if not scored:
+            return None
+        pick = min if self.best_metric in LOWER_IS_BETTER else max
+        return pick(scored)[1]
 
     def all_steps(self) -> list[int]:
         return list(self.manager.all_steps())
@@ -76,6 +88,8 @@ class Checkpointer:
         """Start saving ``state`` (a pytree of arrays) and JSON ``meta`` under ``step``."""
         if metrics is not None and self.best_metric and self.best_metric not in metrics:
             metrics = None  # an eval without the ranking metric does not rank this checkpoint
+        if metrics is not None:
+            meta = {**meta, "_metrics": {k: float(v) for k, v in metrics.items()}}
         self.manager.save(
             step,
             args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),

@@ -146,13 +146,14 @@ def test_merge_and_unmerge_are_exact(family):
     merge_lora(model)
     assert all(layer.merged for layer in lora_layers(model).values())
     assert any(np.abs(np.asarray(l.base_layer.kernel[...]) - kernels[p]).max() > 1e-3 for p, l in lora_layers(model).items())
-    np.testing.assert_allclose(ours_output(model, task, IDS, MASK), unmerged, atol=1e-5, rtol=0)
+    # Folding B @ A into W rounds once per weight: float32 agreement is relative (seen 1.2e-5 on a logit of 2.4).
+    np.testing.assert_allclose(ours_output(model, task, IDS, MASK), unmerged, atol=1e-5, rtol=1e-5)
     merge_lora(model)  # idempotent
-    np.testing.assert_allclose(ours_output(model, task, IDS, MASK), unmerged, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(ours_output(model, task, IDS, MASK), unmerged, atol=1e-5, rtol=1e-5)
     unmerge_lora(model)
     for path, layer in lora_layers(model).items():
         np.testing.assert_allclose(np.asarray(layer.base_layer.kernel[...]), kernels[path], atol=1e-6, rtol=0)
-    np.testing.assert_allclose(ours_output(model, task, IDS, MASK), unmerged, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(ours_output(model, task, IDS, MASK), unmerged, atol=1e-5, rtol=1e-5)
 
 
 def test_merge_and_unload_gives_a_plain_model():

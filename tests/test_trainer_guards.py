@@ -38,7 +38,7 @@ def test_checkpointer_keeps_last_n_and_best(tmp_path):
     assert ckpt.best_step() == 2
     state, meta = ckpt.restore(2, {"w": jax.ShapeDtypeStruct((3,), jnp.float32)})
     np.testing.assert_array_equal(np.asarray(state["w"]), [2, 2, 2])
-    assert meta == {"step": 2}
+    assert meta["step"] == 2 and meta["_metrics"] == {"f1": 0.9}
 
     lower = Checkpointer(tmp_path / "ppl", keep_last=1, best_metric="perplexity", async_save=False)
     for step, ppl in [(1, 9.0), (2, 3.0), (3, 5.0)]:
