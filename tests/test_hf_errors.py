@@ -108,3 +108,17 @@ def test_untied_lm_head_is_refused(tmp_path):
     save_file(tensors, str(tmp_path / "model.safetensors"), metadata={"format": "pt"})
     with pytest.raises(MappingError, match="lm_head.weight differs"):
         jaxkernel.from_pretrained(tmp_path)
+
+
+def test_export_refuses_int8_and_adapter_models_instead_of_dropping_weights(tmp_path):
+    from jaxkernel.peft import LoraConfig, apply_lora
+    from jaxkernel.quant.transform import quantize_model
+
+    hf_bert("h36-heads3", "sequence-classification").save_pretrained(tmp_path / "src")
+    quantized = quantize_model(jaxkernel.from_pretrained(tmp_path / "src"))
+    with pytest.raises(TypeError, match=r"Int8Weight.*dequantize_model"):
+        jaxkernel.save_pretrained(quantized, tmp_path / "int8")
+    adapted = apply_lora(jaxkernel.from_pretrained(tmp_path / "src"), LoraConfig(target_modules=["query"]))
+    with pytest.raises(TypeError, match=r"lora_A.*save_merged"):
+        jaxkernel.save_pretrained(adapted, tmp_path / "lora")
+    assert not (tmp_path / "int8").exists() and not (tmp_path / "lora").exists()

@@ -108,6 +108,22 @@ def _check_tied_lm_head(model, tensors, source) -> None:
         raise MappingError(f"{source}: lm_head.weight differs from wte.weight; jaxkernel GPT-2 ties them")
 
 
+def _check_exportable(model: nnx.Module) -> None:
+    """Refuse models whose weights a plain transformers directory cannot hold (never drop them)."""
+    for path, var in nnx.iter_graph(model):
+        name = ".".join(str(p) for p in path)
+        if isinstance(var, nnx.Variable) and not isinstance(var, (nnx.Param, nnx.RngState)):
+            raise TypeError(
+                f"{name} is a {type(var).__name__}, not a float parameter: export "
+                "jaxkernel.dequantize_model(model) to get float weights a transformers directory can hold"
+            )
+        if isinstance(var, nnx.Param) and ("lora_" in name or "prefix_encoder" in name):
+            raise TypeError(
+                f"{name} belongs to a PEFT adapter: use jaxkernel.save_merged(model, dir) for a plain "
+                "transformers directory (LoRA folded in), or jaxkernel.save_adapter(model, dir) for a PEFT adapter"
+            )
+
+
 def hf_config_for(model: nnx.Module) -> dict:
     family = family_of(model)
     hf = family.config_to_hf(model.config)
@@ -137,6 +153,7 @@ def save_pretrained(
     """
     directory = Path(directory)
     family = family_of(model)
+    _check_exportable(model)
     tensors = export_tensors(model, family.table)
     io.write_weights(tensors, directory, max_shard_size)
     io.write_config(hf_config_for(model), directory)
