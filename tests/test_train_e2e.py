@@ -122,3 +122,20 @@ def test_gpt2_peft_fine_tune_lowers_perplexity_further(shakespeare_gpt2, shared_
     print(f"GPT-2 {method}: held-out perplexity {before:.1f} -> {after:.1f}")
     # Measured here: LoRA 1381.7 -> 1321.2 (-4.4%), prefix 1339.0 -> 1328.7 (-0.8%) in 40 steps.
     assert after < {"lora": 0.98, "prefix": 0.995}[method] * before
+
+
+def test_int8_lora_preset_trains_and_exports_dequantized(tmp_path):
+    config = load_config("configs/bert_ner_int8_lora.yaml", CI_BUDGET + [
+        "train.steps=6", "train.batch_size=8", "data.max_length=32", "data.buckets=[32]",
+        "data.max_train_examples=200", "data.max_eval_examples=40", "train.eval_every=6",
+        f"train.run_dir={tmp_path / 'run'}",
+    ])
+    trainer = Trainer(config)
+    trainer.fit()
+    batch = next(iter(trainer.evaluate_loader("test")))
+    merged = transformers.AutoModelForTokenClassification.from_pretrained(
+        trainer.export(tmp_path / "merged", merged=True)).eval()
+    real = batch["attention_mask"].astype(bool)
+    ours = our_logits(trainer, batch)
+    # int8 weight-only computes exactly q * scale, which is what the dequantized export holds
+    np.testing.assert_allclose(torch_logits(merged, batch)[real], ours[real], atol=1e-5)
