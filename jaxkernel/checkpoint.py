@@ -27,8 +27,8 @@ import jax
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import AnyPreservationPolicy, BestN, LatestN
 
-# Metrics where lower is better; anything else is maximised.
-LOWER_IS_BETTER = ("loss", "perplexity")
+from jaxkernel.config import higher_is_better
+
 
 
 class Checkpointer:
@@ -47,7 +47,7 @@ class Checkpointer:
             raise ValueError(f"checkpoint.keep_last must be >= 1, got {keep_last}")
         policies = [LatestN(keep_last)]
         if best_metric:
-            lower = best_metric in LOWER_IS_BETTER
+            lower = not higher_is_better(best_metric)
             policies.append(BestN(get_metric_fn=lambda m: m[best_metric], reverse=lower, n=1,
                                   keep_checkpoints_without_metrics=False))
         self.best_metric = best_metric
@@ -78,7 +78,7 @@ class Checkpointer:
                 scored.append((float(value), step))
         if not scored:
             return None
-        pick = min if self.best_metric in LOWER_IS_BETTER else max
+        pick = max if higher_is_better(self.best_metric) else min
         return pick(scored)[1]
 
     def all_steps(self) -> list[int]:

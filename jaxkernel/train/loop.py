@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxkernel.checkpoint import Checkpointer, abstract_like
-from jaxkernel.config import Config, ConfigError, RESOLVED_NAME, save_resolved
+from jaxkernel.config import Config, ConfigError, RESOLVED_NAME, config_to_dict, higher_is_better, save_resolved
 from jaxkernel.data import build_loader, build_task_data
 from jaxkernel.data.loader import DataLoader
 from jaxkernel.train.build import build_mesh, build_model, build_optimizer
@@ -44,7 +44,6 @@ from jaxkernel.train.evaluate import evaluate_split
 from jaxkernel.train.step import init_train_state, make_eval_step, make_train_step, model_from_state
 
 log = logging.getLogger(__name__)
-LOWER_IS_BETTER = ("loss", "perplexity")
 # Fields that must match for a run directory to be resumed by this config.
 IDENTITY_FIELDS = ("model", "peft", "quant", "data.source", "data.max_length", "train.batch_size", "train.seed")
 FAULT_ENV = "JAXKERNEL_FAULT"  # test hook: "kill_after_save:N" / "kill_during_save:N" SIGKILLs the process
@@ -72,7 +71,7 @@ class TrainingDiverged(RuntimeError):
 
 
 def _identity(config: Config) -> dict:
-    plain = json.loads(json.dumps(_as_dict(config), default=str))
+    plain = json.loads(json.dumps(config_to_dict(config), default=str))
     out = {}
     for field in IDENTITY_FIELDS:
         value = plain
@@ -80,12 +79,6 @@ def _identity(config: Config) -> dict:
             value = value[part]
         out[field] = value
     return out
-
-
-def _as_dict(config) -> dict:
-    import dataclasses
-
-    return dataclasses.asdict(config)
 
 
 class Trainer:
@@ -320,7 +313,7 @@ class Trainer:
             return False
         value = float(value)
         metric = self.config.primary_metric
-        better = self.best is None or (value < self.best if metric in LOWER_IS_BETTER else value > self.best)
+        better = self.best is None or (value > self.best if higher_is_better(metric) else value < self.best)
         if better:
             self.best, self.evals_without_improvement = value, 0
             return False
