@@ -70,6 +70,7 @@ def read_conll(path: str | os.PathLike, *, token_prefix: str | None = "auto") ->
     if token_prefix == "auto":
         token_prefix = _detect_token_prefix(lines)
     rows, tokens, tags, start = [], [], [], None
+    columns = None  # (count, line number) of the file's first token line: every line must have as many
 
     def flush():
         if tokens:
@@ -86,6 +87,15 @@ def read_conll(path: str | os.PathLike, *, token_prefix: str | None = "auto") ->
             raise DataError(
                 f"{path}:{number}: expected 'TOKEN<TAB>TAG' (a token and its tag), got {line!r}; "
                 "separate sentences with an empty line"
+            )
+        if columns is None:
+            columns = (len(parts), number)
+        elif len(parts) != columns[0]:
+            # An extra column would silently become the tag (the tag is read from the last column).
+            raise DataError(
+                f"{path}:{number}: {len(parts)} columns, but line {columns[1]} of this file has {columns[0]}: "
+                f"{line!r}; every token line needs the same columns (TOKEN<TAB>TAG, tag last). "
+                "Remove the extra column or fix the separator on this line"
             )
         token, tag = parts[0], parts[-1].strip()
         if token_prefix and token.startswith(token_prefix):
