@@ -16,6 +16,7 @@ Example::
 
 from __future__ import annotations
 
+import difflib
 import re
 from typing import Iterable, Sequence
 
@@ -87,14 +88,34 @@ def match_modules(
       candidates: paths the error message should offer (default: all modules).
 
     Raises:
-      ValueError: nothing matched; the message lists candidate names and examples.
+      ValueError: nothing matched, or an entry of a name list matched nothing (a typo would
+        otherwise silently leave that layer untrained); the message names the closest names.
     """
     paths = module_paths(model)
     found = [path for path in paths if path_matches(path, targets)]
+    offer = list(candidates) if candidates is not None else list(paths)
     if not found:
-        offer = list(candidates) if candidates is not None else list(paths)
         raise ValueError(no_match_message(model, targets, kind, offer))
+    if not isinstance(targets, str):
+        # A misspelt entry next to a correct one would otherwise train (and export) only the correct one.
+        unmatched = [name for name in targets if not any(path_matches(path, (name,)) for path in paths)]
+        if unmatched:
+            raise ValueError(unmatched_names_message(targets, unmatched, kind, offer))
     return found
+
+
+def unmatched_names_message(targets: Sequence[str], unmatched: list[str], kind: str, candidates: list[str]) -> str:
+    """Names of a target list that select nothing, each with the closest module names."""
+    names = sorted({path.rsplit(".", 1)[-1] for path in candidates if not path.rsplit(".", 1)[-1].isdigit()})
+    details = []
+    for name in unmatched:
+        close = difflib.get_close_matches(name.rsplit(".", 1)[-1], names, n=3, cutoff=0.5)
+        details.append(f"{name!r} (closest: {', '.join(close)})" if close else repr(name))
+    return (
+        f"{kind}={list(targets)!r}: {'entry' if len(unmatched) == 1 else 'entries'} {', '.join(details)} "
+        f"matched no module; every entry must equal a module path or be its dotted suffix. Fix or remove "
+        f"{'it' if len(unmatched) == 1 else 'them'}. Candidate names: {', '.join(names)}"
+    )
 
 
 def no_match_message(model: nnx.Module, targets: Targets, kind: str, candidates: list[str]) -> str:
