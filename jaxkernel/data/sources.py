@@ -49,6 +49,8 @@ REQUIRED = {
     "question-answering": ("question", "context"),
     "causal-lm": ("text",),
 }
+# The field training and evaluation need on every record of a split they read.
+LABEL_FIELD = {"token-classification": "tags", "sequence-classification": "label", "question-answering": "answers"}
 OPTIONAL = {
     "token-classification": ("tags",),
     "sequence-classification": ("text_pair", "label"),
@@ -162,6 +164,26 @@ def to_records(rows: list[dict], task: str, columns: dict[str, str] | None = Non
             record["id"] = str(record.get("id", index))
         records.append(record)
     return records
+
+
+def _check_labelled(records: list[dict], task: str, role: str, split: str, columns: dict[str, str] | None) -> None:
+    """Every record of a split that trains or evaluates carries its label (checked before anything runs).
+
+    Unlabelled rows serve ``predict`` only (its own JSONL input); a split without its label
+    column would otherwise fail inside the loss, after the model was built.
+    """
+    field = LABEL_FIELD.get(task)
+    unlabelled = [r for r in records if field not in r] if field else []
+    if not unlabelled:
+        return
+    columns = columns or {}
+    tried = [columns[field]] if field in columns else list(COLUMN_CANDIDATES[field])
+    fix = (f"add the label column, map it with data.columns={{{field}: <column>}}"
+           + (f", or set data.{role}_split=null to skip this split" if role != "train" else ""))
+    raise DataError(
+        f"{unlabelled[0]['source']}: the {role} split ({split!r}) has no {field!r} for {task} on {len(unlabelled)} of "
+        f"{len(records)} examples (looked for a column named {' or '.join(map(repr, tried))}); {fix}"
+    )
 
 
 def _rows_from_hub_split(dataset, name: str) -> list[dict]:
@@ -291,6 +313,8 @@ def load_records(data: DataConfig, task: str, roles=("train", "eval", "test")) -
             if role == "train":
                 label_names = hub_label_names(dataset[name], task, data.columns)
     records = {role: to_records(rows, task, data.columns) for role, rows in raw.items()}
+    for role, recs in records.items():
+        _check_labelled(recs, task, role, wanted[role], data.columns)
     if "eval" not in records and data.holdout_fraction > 0 and data.eval_split is not None and "eval" in roles:
         train = records["train"]
         cut = len(train) - max(1, int(round(len(train) * data.holdout_fraction)))
