@@ -1,7 +1,10 @@
 """CLI verbs of the main job: ``train``, ``eval``, ``predict``, ``generate``, ``export``.
 
 Each verb reads a YAML config (or a run directory's resolved ``config.yaml``) plus
-``section.key=value`` overrides.
+``section.key=value`` overrides. A run directory given on the command line *is* the run,
+wherever it was first trained (``cp -a`` / ``mv`` of a run directory work): the
+``train.run_dir`` recorded inside its ``config.yaml`` is replaced by it. ``eval``,
+``predict`` and ``export`` refuse a run without a checkpoint rather than use an untrained model.
 
 Example::
 
@@ -14,12 +17,13 @@ Example::
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
 from pathlib import Path
 
-from jaxkernel.config import RESOLVED_NAME
+from jaxkernel.config import RESOLVED_NAME, ConfigError
 
 
 def _load(config_or_run: str, overrides: list[str]):
@@ -29,14 +33,27 @@ def _load(config_or_run: str, overrides: list[str]):
     if path.is_dir():
         if not (path / RESOLVED_NAME).is_file():
             raise FileNotFoundError(f"{path} is not a run directory: it has no {RESOLVED_NAME}")
-        return load_config(path / RESOLVED_NAME, overrides)
+        given = [o for o in overrides if o.split("=", 1)[0].strip() == "train.run_dir"]
+        if given:
+            raise ConfigError(
+                f"{given[-1]!r}: the run directory is the one given, {str(path)!r}; drop the override, "
+                "or pass a YAML config instead of a run directory to train into another one"
+            )
+        config = load_config(path / RESOLVED_NAME, overrides)
+        # The directory given is the run, not the train.run_dir recorded in it: after `cp -a A B`
+        # or `mv A B` that one is A's (or gone), and following it would resume or change another run.
+        return dataclasses.replace(config, train=dataclasses.replace(config.train, run_dir=str(path)))
     return load_config(path, overrides)
 
 
-def _trainer(args, roles):
+def _is_run_dir(config_or_run: str) -> bool:
+    return Path(config_or_run).is_dir()
+
+
+def _trainer(args, roles, *, require_checkpoint: bool = False):
     from jaxkernel.train.loop import Trainer
 
-    return Trainer(_load(args.config, args.overrides), roles=roles)
+    return Trainer(_load(args.config, args.overrides), roles=roles, require_checkpoint=require_checkpoint)
 
 
 def _print_metrics(name: str, metrics: dict) -> None:
@@ -83,7 +100,7 @@ def _run_train(args) -> int:
 
 def _run_eval(args) -> int:
     role = {"validation": "eval", "dev": "eval"}.get(args.split, args.split)
-    trainer = _trainer(args, ("train", role))
+    trainer = _trainer(args, ("train", role), require_checkpoint=True)
     _print_metrics(args.split, trainer.evaluate(role))
     return 0
 
@@ -91,7 +108,7 @@ def _run_eval(args) -> int:
 def _run_predict(args) -> int:
     from jaxkernel.train.predict import predict_rows
 
-    trainer = _trainer(args, ("train",))
+    trainer = _trainer(args, ("train",), require_checkpoint=True)
     rows = [json.loads(line) for line in (open(args.input) if args.input != "-" else sys.stdin) if line.strip()]
     out = open(args.output, "w") if args.output != "-" else sys.stdout
     for result in predict_rows(trainer, rows):
@@ -104,7 +121,8 @@ def _run_predict(args) -> int:
 def _run_generate(args) -> int:
     from jaxkernel.models.generation import generate
 
-    trainer = _trainer(args, ("train",))
+    # A YAML config may generate with the pretrained model; a run directory means its trained one.
+    trainer = _trainer(args, ("train",), require_checkpoint=_is_run_dir(args.config))
     model = trainer.model_for_inference()
     tokenizer = trainer.data.tokenizer
     for prompt in args.prompt:
@@ -117,7 +135,7 @@ def _run_generate(args) -> int:
 
 
 def _run_export(args) -> int:
-    trainer = _trainer(args, ("train",))
+    trainer = _trainer(args, ("train",), require_checkpoint=True)
     out = trainer.export(args.out, merged=not args.adapter)
     kind = "PEFT adapter" if args.adapter else "transformers model"
     print(f"wrote {kind} to {out}")

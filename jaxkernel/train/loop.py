@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxkernel.checkpoint import Checkpointer, abstract_like
+from jaxkernel.checkpoint import Checkpointer, abstract_like, saved_steps
 from jaxkernel.config import Config, ConfigError, RESOLVED_NAME, config_to_dict, higher_is_better, save_resolved
 from jaxkernel.data import build_loader, build_task_data
 from jaxkernel.data.loader import DataLoader
@@ -70,6 +70,13 @@ class TrainingDiverged(RuntimeError):
     """Loss became NaN/inf; the last good checkpoint is left untouched."""
 
 
+class NoCheckpoint(FileNotFoundError):
+    """``eval`` / ``predict`` / ``export`` asked for a trained model, and the run directory holds none."""
+
+
+UNREADABLE_DIR = "unreadable_checkpoints"  # damaged steps are moved here (never deleted) when training resumes
+
+
 def _identity(config: Config) -> dict:
     plain = json.loads(json.dumps(config_to_dict(config), default=str))
     out = {}
@@ -84,10 +91,20 @@ def _identity(config: Config) -> dict:
 class Trainer:
     """One training run described by a ``Config``; see the module docstring."""
 
-    def __init__(self, config: Config, *, roles=("train", "eval", "test")):
+    def __init__(self, config: Config, *, roles=("train", "eval", "test"), require_checkpoint: bool = False):
+        """Build data, model, optimizer and restore the latest readable checkpoint, if any.
+
+        Args:
+          config: the run.
+          roles: which splits to load (train is always read: it fixes the label set).
+          require_checkpoint: refuse (``NoCheckpoint``) a run directory without a checkpoint
+            instead of using the untrained model: for eval, predict and export.
+        """
         self.config = config
         self.run_dir = run_path(config.train.run_dir)
         self.is_main = jax.process_index() == 0
+        if require_checkpoint:
+            self._require_checkpoint()
         self._check_run_dir()
         self.data = build_task_data(config, roles=roles)
         self.model = build_model(config, labels=self.data.labels)
@@ -112,6 +129,7 @@ class Trainer:
         self.checkpointer = Checkpointer(
             self.run_dir / "checkpoints", keep_last=config.checkpoint.keep_last,
             best_metric=config.checkpoint.keep_best_metric, async_save=config.checkpoint.async_save,
+            create=False,  # fit() makes the directories: a trainer that never trains leaves no trace on disk
         )
         self.best: float | None = None
         self.evals_without_improvement = 0
@@ -119,10 +137,30 @@ class Trainer:
         self._restored_step = self._maybe_restore()
 
     # -- run directory ---------------------------------------------------------------------
+    def _require_checkpoint(self) -> None:
+        checkpoints = self.run_dir / "checkpoints"
+        if saved_steps(checkpoints):
+            return
+        if not self.run_dir.exists():
+            what = "does not exist"
+        elif not checkpoints.exists():
+            what = "has no checkpoints/ folder (it was never trained, or its checkpoints were moved)"
+        else:
+            what = f"holds no finished checkpoint in {checkpoints}"
+        raise NoCheckpoint(
+            f"run directory {str(self.run_dir)!r} {what}: there is no trained model to use, and the untrained one "
+            f"would give meaningless results. Train it first (jaxkernel train {self.run_dir}), or give the "
+            "directory the run's checkpoints are in now"
+        )
+
     def _check_run_dir(self) -> None:
-        """Refuse a run directory holding another, incompatible run (nothing is overwritten)."""
+        """Refuse a run directory holding another, incompatible run (nothing is overwritten).
+
+        A directory without a finished checkpoint is not a run (a failed start leaves one):
+        its ``config.yaml`` is replaced when training starts.
+        """
         resolved = self.run_dir / RESOLVED_NAME
-        if not resolved.exists():
+        if not resolved.exists() or not saved_steps(self.run_dir / "checkpoints"):
             return
         from jaxkernel.config import config_from_dict, load_config
 
@@ -149,10 +187,10 @@ class Trainer:
         return {"step": s.step, "params": s.params, "opt_state": s.opt_state, "rng": s.rng}
 
     def _maybe_restore(self) -> int:
-        step = self.checkpointer.latest_step()
-        if step is None:
+        found = self.checkpointer.restore_latest(abstract_like(self._checkpoint_items()))
+        if found is None:
             return 0
-        items, meta = self.checkpointer.restore(step, abstract_like(self._checkpoint_items()))
+        step, items, meta = found
         self.state = self.state.replace(**items)
         if self.train_loader is not None and "data" in meta:
             self.train_loader.load_state_dict(meta["data"])
@@ -237,6 +275,7 @@ class Trainer:
                 self._metrics_lines = [previous.read_text()] if previous.exists() else []
             else:
                 save_resolved(c, self.run_dir)
+            (self.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
             if c.logging.tensorboard:
                 try:
                     from tensorboardX import SummaryWriter
@@ -244,6 +283,7 @@ class Trainer:
                     self._tb = SummaryWriter(str(self.run_dir / "tb"))
                 except ImportError:
                     log.warning("tensorboardX is not installed: no TensorBoard event files")
+        self._set_aside_unreadable()
         eval_every = c.train.eval_every or len(self.train_loader)  # loader batches are optimizer steps
         has_eval = "eval" in self.data.features
         metric = c.primary_metric
@@ -297,6 +337,30 @@ class Trainer:
         if self._tb is not None:
             self._tb.close()
         return results
+
+    def _set_aside_unreadable(self) -> None:
+        """Move damaged steps newer than the restored one out of ``checkpoints/`` before training.
+
+        Training will save those step numbers again, and keep-last-N retention would count the
+        damaged copies and delete them: moved to ``<run_dir>/unreadable_checkpoints/`` they are
+        kept for inspection and out of the way.
+        """
+        if not self.checkpointer.unreadable:
+            return
+        if self.is_main:
+            for step, why in self.checkpointer.unreadable:
+                dest, n = self.run_dir / UNREADABLE_DIR / str(step), 1
+                while dest.exists():
+                    dest, n = self.run_dir / UNREADABLE_DIR / f"{step}.{n}", n + 1
+                self.checkpointer.set_aside(step, dest)
+                log.warning("moved unreadable checkpoint step %d (%s) to %s; training resumes from step %d",
+                            step, why, dest, self._restored_step)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices("jaxkernel_set_aside_unreadable")
+            self.checkpointer.manager.reload()
+        self.checkpointer.unreadable = []
 
     def _check_finite(self, finite, step: int, last_good: int | None) -> None:
         if not bool(finite):
