@@ -23,8 +23,9 @@ from jaxkernel.models.gpt2 import (  # noqa: E402
     Gpt2ForSequenceClassification,
     Gpt2LMHeadModel,
     Gpt2Model,
-    KVCache,
 )
+from jaxkernel.models.attention import KVCache  # noqa: E402
+from jaxkernel.models.registry import ModelFamily, families, family_for, family_of  # noqa: E402
 from jaxkernel.quant.int8 import Int8Embed, Int8Linear, Int8Weight, QuantScale, dequantize, quantize_int8  # noqa: E402
 from jaxkernel.quant.io import load_quantized, save_quantized  # noqa: E402
 from jaxkernel.quant.memory import MemoryReport, param_bytes  # noqa: E402
@@ -50,7 +51,8 @@ from jaxkernel.peft import (  # noqa: E402
 from jaxkernel.sharding.mesh import DistributedConfig, MeshConfig, initialize_distributed, make_mesh  # noqa: E402
 from jaxkernel.sharding.placement import create_sharded, from_pretrained_sharded, shard_batch  # noqa: E402
 from jaxkernel.sharding.plan import format_plan, plan_config, plan_model  # noqa: E402
-from jaxkernel.sharding.rules import ShardingRules, constrain, get_rules  # noqa: E402
+from jaxkernel.models.layers import constrain  # noqa: E402
+from jaxkernel.sharding.rules import ShardingRules, get_rules  # noqa: E402
 from jaxkernel.train.step import (  # noqa: E402
     ModelDef,
     TrainState,

@@ -83,5 +83,5 @@ def test_bad_generation_options(pair):
         generate(model, ids, mask, max_new_tokens=0)
     with pytest.raises(ValueError, match="top_p"):
         generate(model, ids, mask, do_sample=True, top_p=1.5)
-    with pytest.raises(ValueError, match="n_positions 64"):
+    with pytest.raises(ValueError, match="the model.s 64 positions"):
         generate(model, ids, mask, max_new_tokens=60)

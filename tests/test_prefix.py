@@ -190,7 +190,7 @@ def test_position_budget_and_bad_config_errors():
             PrefixConfig(num_virtual_tokens=bad)
     with pytest.raises(ValueError, match="already has a PrefixConfig adapter"):
         jaxkernel.apply_lora(model, jaxkernel.LoraConfig())
-    with pytest.raises(TypeError, match="not a jaxkernel BERT or GPT-2"):
+    with pytest.raises(TypeError, match="Linear is not a jaxkernel model"):
         apply_prefix_tuning(nnx.Linear(2, 2, rngs=nnx.Rngs(0)), PrefixConfig())
 
 

@@ -9,9 +9,8 @@ import pytest
 from flax import nnx
 
 from jaxkernel.config import load_config, resolve_path
-from jaxkernel.hf.family import family_for
+from jaxkernel.models.registry import config_for_size, known_sizes
 from jaxkernel.hf.pretrained import config_from_pretrained
-from jaxkernel.models.sizes import KNOWN_SIZES
 from jaxkernel.peft import count_parameters
 from jaxkernel.quant.transform import quantized_paths
 from jaxkernel.train.build import adapt_model
@@ -27,9 +26,8 @@ def test_preset_builds_abstractly(preset):
     if os.path.isdir(source):
         family, model_config, _, _ = config_from_pretrained(source, num_labels=num_labels)
     else:  # a hub id (needs internet to download): check with the known architecture instead
-        assert config.model.path in KNOWN_SIZES, f"{preset}: unknown hub model {config.model.path}"
-        model_config = dataclasses.replace(KNOWN_SIZES[config.model.path], num_labels=num_labels)
-        family = family_for("bert" if "bert" in config.model.path else "gpt2", preset)
+        assert config.model.path in known_sizes(), f"{preset}: unknown hub model {config.model.path}"
+        family, model_config = config_for_size(config.model.path, num_labels=num_labels)
     cls, _ = family.tasks[config.model.task]
     model = nnx.eval_shape(lambda: adapt_model(cls(model_config, rngs=nnx.Rngs(0)), config))
     leaves = jax.tree.leaves(nnx.state(model))

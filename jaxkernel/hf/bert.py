@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from jaxkernel.hf.family import ModelFamily, labels_from_hf, labels_to_hf, register, reject_values
+from jaxkernel.hf.family import labels_from_hf, labels_to_hf, reject_values
 from jaxkernel.hf.mapping import TRANSPOSE, Rule
 from jaxkernel.models.bert import (
     BertConfig,
@@ -19,6 +19,7 @@ from jaxkernel.models.bert import (
     BertModel,
 )
 from jaxkernel.models.layers import ACTIVATIONS
+from jaxkernel.models.registry import ModelDims, ModelFamily, register
 
 BERT_TABLE = [
     Rule("{p}.LayerNorm.weight", "{p}.LayerNorm.scale"),
@@ -57,6 +58,23 @@ def bert_config_to_hf(config: BertConfig) -> dict:
     return hf
 
 
+def bert_dims(c: BertConfig) -> ModelDims:
+    return ModelDims(
+        width=c.hidden_size, heads=c.num_attention_heads, kv_heads=c.num_attention_heads, head_dim=c.head_dim,
+        layers=c.num_hidden_layers, positions=c.max_position_embeddings, vocab=c.vocab_size,
+        intermediate=c.intermediate_size,
+    )
+
+
+_BASE = dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)
+_LARGE = dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096)
+_MINILM = dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536)
+BERT_SIZES = {
+    "bert-base": _BASE, "bert-base-uncased": _BASE, "bert-base-cased": {**_BASE, "vocab_size": 28996},
+    "bert-large": _LARGE, "bert-large-uncased": _LARGE,
+    "minilm-l6": _MINILM, "all-MiniLM-L6-v2": _MINILM,
+}
+
 BERT_FAMILY = register(
     ModelFamily(
         model_type="bert",
@@ -69,9 +87,14 @@ BERT_FAMILY = register(
             "masked-lm": (BertForMaskedLM, "BertForMaskedLM"),
         },
         base_prefix="bert",
+        layers_path="encoder.layer",
+        dims=bert_dims,
+        lora_targets=("query", "value"),
         table=BERT_TABLE,
         ignore=BERT_IGNORE,
         config_from_hf=bert_config_from_hf,
         config_to_hf=bert_config_to_hf,
+        known_sizes=BERT_SIZES,
+        extra={"ia3_targets": ("key", "value", "output.dense"), "ia3_feedforward": ("output.dense",)},
     )
 )

@@ -1,70 +1,11 @@
-"""What jaxkernel needs to know about one model type to read and write it as HF.
+"""Helpers the HF config converters of every family share (labels, refused values).
 
-Each supported ``model_type`` (``bert``, ``gpt2``) registers one ``ModelFamily``:
-its config converters, the mapping table, and the task -> (module class, HF
-architecture name) pairs. ``jaxkernel.hf.pretrained`` is the only user.
+The families themselves are registered in ``jaxkernel.models.registry``.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any, Callable
-
-from flax import nnx
-
-from jaxkernel.hf.mapping import Rule
-
-FAMILIES: dict[str, "ModelFamily"] = {}
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelFamily:
-    model_type: str
-    config_class: type
-    tasks: dict[str, tuple[type[nnx.Module], str]]  # task -> (module class, HF architecture)
-    base_prefix: str  # attribute holding the bare model in task models ("bert", "transformer")
-    table: list[Rule]
-    ignore: tuple[str, ...]  # HF keys that are buffers or tied copies
-    config_from_hf: Callable[[dict, dict[str, Any]], Any]  # (hf dict, overrides) -> config
-    config_to_hf: Callable[[Any], dict]
-
-    def task_for_architecture(self, architectures: list[str] | None) -> str:
-        by_arch = {arch: task for task, (_, arch) in self.tasks.items()}
-        for arch in architectures or []:
-            if arch in by_arch:
-                return by_arch[arch]
-        return "feature-extraction"
-
-    def check_task(self, task: str) -> None:
-        if task not in self.tasks:
-            raise ValueError(f"task {task!r} is not available for {self.model_type}; choose one of {sorted(self.tasks)}")
-
-
-def register(family: ModelFamily) -> ModelFamily:
-    FAMILIES[family.model_type] = family
-    return family
-
-
-def family_for(model_type: str | None, source: str) -> ModelFamily:
-    import jaxkernel.hf.bert  # noqa: F401  (registers)
-    import jaxkernel.hf.gpt2  # noqa: F401
-
-    if model_type not in FAMILIES:
-        raise ValueError(
-            f"{source}: model_type {model_type!r} is not supported; jaxkernel supports {sorted(FAMILIES)}"
-        )
-    return FAMILIES[model_type]
-
-
-def family_of(model: nnx.Module) -> ModelFamily:
-    import jaxkernel.hf.bert  # noqa: F401
-    import jaxkernel.hf.gpt2  # noqa: F401
-
-    for family in FAMILIES.values():
-        if isinstance(getattr(model, "config", None), family.config_class):
-            return family
-    raise TypeError(f"{type(model).__name__} is not a jaxkernel BERT or GPT-2 model")
-
+from typing import Any
 
 def labels_from_hf(hf: dict, num_labels: int | None, labels: tuple[str, ...] | None) -> tuple[int, tuple[str, ...] | None]:
     """Resolve num_labels / label names from user overrides first, then config.json."""

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import dataclasses
 
-from jaxkernel.hf.family import ModelFamily, labels_from_hf, labels_to_hf, register, reject_values
+from jaxkernel.hf.family import labels_from_hf, labels_to_hf, reject_values
 from jaxkernel.hf.mapping import TRANSPOSE, Rule
 from jaxkernel.models.gpt2 import Gpt2Config, Gpt2ForSequenceClassification, Gpt2LMHeadModel, Gpt2Model
 from jaxkernel.models.layers import ACTIVATIONS
+from jaxkernel.models.registry import ModelDims, ModelFamily, register
 
 GPT2_TABLE = [
     Rule("{p}ln_{n}.weight", "{p}ln_{n}.scale"),
@@ -57,6 +58,20 @@ def gpt2_config_to_hf(config: Gpt2Config) -> dict:
     return hf
 
 
+def gpt2_dims(c: Gpt2Config) -> ModelDims:
+    return ModelDims(
+        width=c.n_embd, heads=c.n_head, kv_heads=c.n_head, head_dim=c.head_dim, layers=c.n_layer,
+        positions=c.n_positions, vocab=c.vocab_size, intermediate=c.inner_size,
+    )
+
+
+GPT2_SIZES = {
+    "gpt2": dict(n_embd=768, n_layer=12, n_head=12),
+    "gpt2-medium": dict(n_embd=1024, n_layer=24, n_head=16),
+    "gpt2-large": dict(n_embd=1280, n_layer=36, n_head=20),
+    "gpt2-xl": dict(n_embd=1600, n_layer=48, n_head=25),
+}
+
 GPT2_FAMILY = register(
     ModelFamily(
         model_type="gpt2",
@@ -67,9 +82,15 @@ GPT2_FAMILY = register(
             "sequence-classification": (Gpt2ForSequenceClassification, "GPT2ForSequenceClassification"),
         },
         base_prefix="transformer",
+        layers_path="h",
+        dims=gpt2_dims,
+        lora_targets=("c_attn",),
         table=GPT2_TABLE,
         ignore=GPT2_IGNORE,
         config_from_hf=gpt2_config_from_hf,
         config_to_hf=gpt2_config_to_hf,
+        known_sizes=GPT2_SIZES,
+        causal=True,
+        extra={"ia3_targets": ("c_attn", "mlp.c_proj"), "ia3_feedforward": ("mlp.c_proj",)},
     )
 )

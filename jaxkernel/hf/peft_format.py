@@ -43,7 +43,7 @@ from flax import nnx
 from safetensors.numpy import save_file
 
 from jaxkernel.hf import io
-from jaxkernel.hf.family import family_of
+from jaxkernel.models.registry import family_of
 from jaxkernel.hf.mapping import IDENTITY, MappingError, Rule, hf_key_for, param_paths
 from jaxkernel.hf.pretrained import _normalise_prefix, save_pretrained
 from jaxkernel.peft.lora import LoraConfig, apply_lora, lora_layers, merge_and_unload
@@ -150,11 +150,12 @@ def save_adapter(model: nnx.Module, directory: str | os.PathLike, *, base_model_
         encoder = base_model_of(model).prefix_encoder
         tensors = {PROMPT_KEY: np.asarray(encoder.flat(), np.float32)}
         tensors.update({PROMPT_PREFIX + k: v for k, v in _saved_module_tensors(model, family.table).items()})
-        dims = model_dims(base_model_of(model))
+        dims = model_dims(model)
+        kv_width = dims.kv_heads * dims.head_dim  # PEFT sizes the prefix by key/value heads (GQA)
         hf_config = {
             "peft_type": "PREFIX_TUNING", **common, "num_virtual_tokens": config.num_virtual_tokens,
-            "token_dim": dims["width"], "num_transformer_submodules": 1, "num_attention_heads": dims["heads"],
-            "num_layers": dims["layers"], "encoder_hidden_size": encoder.encoder_hidden_size or dims["width"],
+            "token_dim": kv_width, "num_transformer_submodules": 1, "num_attention_heads": dims.kv_heads,
+            "num_layers": dims.layers, "encoder_hidden_size": encoder.encoder_hidden_size or kv_width,
             # The saved tensor is the encoder output; describing it as unprojected lets PEFT
             # also reload it with is_trainable=True.
             "prefix_projection": False,
@@ -203,8 +204,8 @@ def _lora_config_from_peft(hf: dict, source: str) -> LoraConfig:
 
 
 def _prefix_config_from_peft(hf: dict, model: nnx.Module, source: str) -> PrefixConfig:
-    dims = model_dims(base_model_of(model))
-    expected = {"num_layers": dims["layers"], "token_dim": dims["width"], "num_attention_heads": dims["heads"],
+    dims = model_dims(model)
+    expected = {"num_layers": dims.layers, "token_dim": dims.kv_heads * dims.head_dim, "num_attention_heads": dims.kv_heads,
                 "num_transformer_submodules": 1}
     for key, value in expected.items():
         if hf.get(key) is not None and hf[key] != value:

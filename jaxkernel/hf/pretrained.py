@@ -17,16 +17,10 @@ import numpy as np
 from flax import nnx
 
 from jaxkernel.hf import io
-from jaxkernel.hf.family import ModelFamily, family_for, family_of
 from jaxkernel.hf.mapping import MappingError, export_tensors, import_tensors
+from jaxkernel.models.registry import ModelFamily, family_for, family_of
 
 log = logging.getLogger(__name__)
-
-
-def build_model(family: ModelFamily, task: str, config, *, seed: int = 0) -> nnx.Module:
-    family.check_task(task)
-    cls, _ = family.tasks[task]
-    return cls(config, rngs=nnx.Rngs(seed))
 
 
 def config_from_pretrained(path_or_id: str | os.PathLike, *, revision: str | None = None, **overrides):
@@ -68,7 +62,7 @@ def from_pretrained(
         overrides["dtype"] = dtype
     family, config, default_task, directory = config_from_pretrained(path_or_id, revision=revision, **overrides)
     task = task or default_task
-    model = build_model(family, task, config, seed=seed)
+    model = family.build(task, config, seed=seed)
     tensors, source = io.read_weights(directory)
     load_tensors(model, tensors, source=str(directory / source))
     return model

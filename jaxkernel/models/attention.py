@@ -11,10 +11,44 @@ Example::
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+
+
+class KVCache(NamedTuple):
+    """Pre-allocated keys/values for incremental decoding (any decoder family).
+
+    ``keys``/``values``: (L, B, S, K, H) with K the key/value heads; ``valid``:
+    (B, S) True where a real token has been written; ``index``: how many
+    positions are filled.
+    """
+
+    keys: jax.Array
+    values: jax.Array
+    valid: jax.Array
+    index: jax.Array
+
+    @classmethod
+    def create(cls, config, batch: int, max_length: int, dtype=jnp.float32) -> "KVCache":
+        """An empty cache for a model of ``config`` (sizes from the family registry)."""
+        from jaxkernel.models.registry import family_of_config
+
+        dims = family_of_config(config).dims(config)
+        shape = (dims.layers, batch, max_length, dims.kv_heads, dims.head_dim)
+        return cls(
+            keys=jnp.zeros(shape, dtype),
+            values=jnp.zeros(shape, dtype),
+            valid=jnp.zeros((batch, max_length), bool),
+            index=jnp.zeros((), jnp.int32),
+        )
+
+
+def position_ids_from_mask(attention_mask: jax.Array, offset: jax.Array | int = 0) -> jax.Array:
+    """HF's generation positions: ``cumsum(mask) - 1`` (+ tokens already cached); pads get 1."""
+    positions = jnp.cumsum(attention_mask, axis=-1) - 1 + jnp.asarray(offset)[..., None]
+    return jnp.where(attention_mask.astype(bool), positions, 1).astype(jnp.int32)
 
 
 def padding_mask(attention_mask: jax.Array) -> jax.Array:

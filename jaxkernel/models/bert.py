@@ -21,8 +21,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxkernel.models.attention import attention, padding_mask
-from jaxkernel.models.layers import ACTIVATIONS, Embed, LayerNorm, Linear, logical_param, run_layer
-from jaxkernel.sharding.rules import constrain
+from jaxkernel.models.layers import ACTIVATIONS, Embed, LayerNorm, Linear, constrain, logical_param, run_layer
 
 
 @dataclasses.dataclass(frozen=True)

@@ -24,7 +24,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxkernel.models.gpt2 import KVCache
+from jaxkernel.models.attention import KVCache
+from jaxkernel.models.registry import family_of
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,10 +84,14 @@ def generate(
     if attention_mask is None:
         attention_mask = jnp.ones_like(input_ids)
     attention_mask = jnp.asarray(attention_mask, jnp.int32)
-    if input_ids.shape[1] + config.max_new_tokens > model.config.n_positions:
+    family = family_of(model)
+    if not family.causal or model.task != "causal-lm":
+        raise ValueError(f"generate needs a causal-LM model; this is a {family.model_type} {model.task!r} model")
+    positions = family.dims(model.config).positions
+    if input_ids.shape[1] + config.max_new_tokens > positions:
         raise ValueError(
             f"prompt length {input_ids.shape[1]} + max_new_tokens {config.max_new_tokens} exceeds "
-            f"the model's n_positions {model.config.n_positions}"
+            f"the model's {positions} positions"
         )
     graphdef, state = nnx.split(model)
     return _generate_jit(graphdef, state, input_ids, attention_mask, jax.random.key(seed), config)

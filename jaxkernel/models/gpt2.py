@@ -17,15 +17,13 @@ Example::
 from __future__ import annotations
 
 import dataclasses
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxkernel.models.attention import attention, causal_mask
-from jaxkernel.models.layers import ACTIVATIONS, Embed, LayerNorm, Linear, run_layer
-from jaxkernel.sharding.rules import constrain
+from jaxkernel.models.attention import KVCache, attention, causal_mask, position_ids_from_mask
+from jaxkernel.models.layers import ACTIVATIONS, Embed, LayerNorm, Linear, constrain, run_layer
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,29 +73,6 @@ class Gpt2Config:
     @property
     def compute_dtype(self):
         return None if self.dtype is None else jnp.dtype(self.dtype)
-
-
-class KVCache(NamedTuple):
-    """Pre-allocated keys/values for incremental decoding.
-
-    ``keys``/``values``: (L, B, S, N, H); ``valid``: (B, S) True where a real token
-    has been written; ``index``: how many positions are filled.
-    """
-
-    keys: jax.Array
-    values: jax.Array
-    valid: jax.Array
-    index: jax.Array
-
-    @classmethod
-    def create(cls, config: Gpt2Config, batch: int, max_length: int, dtype=jnp.float32) -> "KVCache":
-        shape = (config.n_layer, batch, max_length, config.n_head, config.head_dim)
-        return cls(
-            keys=jnp.zeros(shape, dtype),
-            values=jnp.zeros(shape, dtype),
-            valid=jnp.zeros((batch, max_length), bool),
-            index=jnp.zeros((), jnp.int32),
-        )
 
 
 def _dropout(rate: float, rngs: nnx.Rngs) -> nnx.Dropout:
@@ -158,12 +133,6 @@ class Gpt2Block(nnx.Module):
         h, new_cache = self.attn(self.ln_1(x), mask, layer_cache, cache_index, prefix_kv)
         x = x + h
         return x + self.mlp(self.ln_2(x)), new_cache
-
-
-def position_ids_from_mask(attention_mask: jax.Array, offset: jax.Array | int = 0) -> jax.Array:
-    """HF's generation positions: ``cumsum(mask) - 1`` (+ tokens already cached); pads get 1."""
-    positions = jnp.cumsum(attention_mask, axis=-1) - 1 + jnp.asarray(offset)[..., None]
-    return jnp.where(attention_mask.astype(bool), positions, 1).astype(jnp.int32)
 
 
 class Gpt2Model(nnx.Module):

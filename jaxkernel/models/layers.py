@@ -17,7 +17,9 @@ Example::
 
 from __future__ import annotations
 
-from typing import Callable
+import contextlib
+import contextvars
+from typing import Callable, Iterator
 
 import jax
 import jax.numpy as jnp
@@ -144,6 +146,30 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "swish": jax.nn.silu,
     "tanh": jnp.tanh,
 }
+
+
+# The sharding package installs a function here while it traces a sharded step; models
+# only call ``constrain`` and so import nothing from ``jaxkernel.sharding``.
+_CONSTRAINT: contextvars.ContextVar = contextvars.ContextVar("jaxkernel_activation_constraint", default=None)
+
+
+@contextlib.contextmanager
+def activation_constraint(fn: Callable[[jax.Array, Axes], jax.Array] | None) -> Iterator[None]:
+    """Make ``constrain`` call ``fn(x, logical_axes)`` while tracing (None: no-op)."""
+    token = _CONSTRAINT.set(fn)
+    try:
+        yield
+    finally:
+        _CONSTRAINT.reset(token)
+
+
+def constrain(x: jax.Array, logical_axes: Axes) -> jax.Array:
+    """Pin an activation's sharding at a layer boundary; a no-op outside a sharded step.
+
+    Example: ``hidden = constrain(hidden, ("batch", "length", "embed"))``.
+    """
+    fn = _CONSTRAINT.get()
+    return x if fn is None else fn(x, logical_axes)
 
 
 def run_layer(layer: nnx.Module, *args, remat: bool = False):

@@ -1,7 +1,8 @@
-"""Architectures of well-known checkpoints, for abstract shapes and planning.
+"""Abstract models of well-known checkpoint sizes, for shapes and planning.
 
 ``nnx.eval_shape`` builds a model of ``ShapeDtypeStruct`` leaves: no memory is
-allocated, so bert-large or gpt2-xl can be inspected (and planned for) anywhere.
+allocated, so bert-large, gpt2-xl or Llama-3-8B can be inspected (and planned
+for) anywhere. The sizes themselves are declared by each family in the registry.
 
 Example::
 
@@ -15,31 +16,17 @@ import math
 
 from flax import nnx
 
-from jaxkernel.models.bert import BERT_TASKS, BertConfig
-from jaxkernel.models.gpt2 import GPT2_TASKS, Gpt2Config
-
-KNOWN_SIZES = {
-    "bert-base-uncased": BertConfig(),
-    "bert-base-cased": BertConfig(vocab_size=28996),
-    "bert-large-uncased": BertConfig(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096),
-    "all-MiniLM-L6-v2": BertConfig(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536),
-    "gpt2": Gpt2Config(),
-    "gpt2-medium": Gpt2Config(n_embd=1024, n_layer=24, n_head=16),
-    "gpt2-large": Gpt2Config(n_embd=1280, n_layer=36, n_head=20),
-    "gpt2-xl": Gpt2Config(n_embd=1600, n_layer=48, n_head=25),
-}
+from jaxkernel.models.registry import config_for_size, family_of_config
 
 
-def abstract_model(config: BertConfig | Gpt2Config | str, task: str = "feature-extraction") -> nnx.Module:
-    """The model with ``jax.ShapeDtypeStruct`` parameters (nothing allocated)."""
-    if isinstance(config, str):
-        if config not in KNOWN_SIZES:
-            raise ValueError(f"unknown model size {config!r}; known: {sorted(KNOWN_SIZES)}")
-        config = KNOWN_SIZES[config]
-    tasks = BERT_TASKS if isinstance(config, BertConfig) else GPT2_TASKS
-    if task not in tasks:
-        raise ValueError(f"task {task!r} is not available for {type(config).__name__}; choose one of {sorted(tasks)}")
-    return nnx.eval_shape(lambda: tasks[task](config, rngs=nnx.Rngs(0)))
+def abstract_model(config, task: str = "feature-extraction") -> nnx.Module:
+    """The model with ``jax.ShapeDtypeStruct`` parameters (nothing allocated).
+
+    ``config`` is a family config or the name of a known size (``"gpt2-xl"``).
+    """
+    family, config = config_for_size(config) if isinstance(config, str) else (family_of_config(config), config)
+    family.check_task(task)
+    return nnx.eval_shape(lambda: family.build(task, config))
 
 
 def count_params(model: nnx.Module) -> int:

@@ -34,8 +34,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxkernel.models.layers import Linear
+from jaxkernel.models.registry import family_of
 from jaxkernel.peft.targets import Targets, check_targets, get_module, match_modules, module_paths, set_module
-from jaxkernel.peft.trainable import TrainableParam, mark_modules_to_save, unmark_trainable
+from jaxkernel.peft.trainable import TrainableParam, mark_modules_to_save, method_config, unmark_trainable
 
 # Tasks whose head is trained by default, like PEFT's SEQ_CLS / TOKEN_CLS / QUESTION_ANS.
 HEAD_TRAINING_TASKS = ("sequence-classification", "token-classification", "question-answering")
@@ -63,7 +64,7 @@ class LoraConfig:
     r: int = 8
     alpha: float = 8.0
     dropout: float = 0.0
-    target_modules: Targets = ("query", "value")
+    target_modules: Targets | None = None  # None: the family's default (PEFT's), e.g. BERT query/value
     modules_to_save: tuple[str, ...] | None = None
     use_rslora: bool = False
 
@@ -74,7 +75,8 @@ class LoraConfig:
             raise ValueError(f"LoRA alpha={self.alpha!r} must be positive (PEFT's lora_alpha, often 2*r)")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"LoRA dropout={self.dropout!r} must be in [0, 1)")
-        object.__setattr__(self, "target_modules", check_targets(self.target_modules, "target_modules"))
+        if self.target_modules is not None:
+            object.__setattr__(self, "target_modules", check_targets(self.target_modules, "target_modules"))
         if self.modules_to_save is not None:
             if isinstance(self.modules_to_save, str):
                 raise ValueError(f"modules_to_save must be a list of module names, got the string {self.modules_to_save!r}")
@@ -172,12 +174,13 @@ def check_no_adapter(model: nnx.Module, adding: str) -> None:
         )
 
 
-def apply_lora(model: nnx.Module, config: LoraConfig, *, seed: int = 0) -> nnx.Module:
+def apply_lora(model: nnx.Module, config, *, seed: int = 0) -> nnx.Module:
     """Wrap the targeted linear layers of ``model`` with LoRA, in place.
 
     Args:
       model: a jaxkernel model (any head).
-      config: which layers, rank, scale, dropout, modules_to_save.
+      config: a ``LoraConfig`` (or the run config's ``peft`` section): which layers
+        (None: the family's default targets), rank, scale, dropout, modules_to_save.
       seed: initialises ``lora_A`` and the LoRA dropout stream.
 
     Returns:
@@ -188,6 +191,9 @@ def apply_lora(model: nnx.Module, config: LoraConfig, *, seed: int = 0) -> nnx.M
         candidates), a match is not a linear layer, or an adapter is present.
     """
     check_no_adapter(model, "LoRA adapter")
+    config = method_config(LoraConfig, config)
+    if config.target_modules is None:
+        config = dataclasses.replace(config, target_modules=family_of(model).lora_targets)
     saved = resolve_modules_to_save(model, config.modules_to_save)
     linear_paths = [path for path, node in module_paths(model).items() if is_linear_like(node)]
     targets = match_modules(model, config.target_modules, kind="LoRA target_modules", candidates=linear_paths)

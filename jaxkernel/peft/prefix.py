@@ -28,10 +28,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxkernel.models.bert import BertModel
-from jaxkernel.models.gpt2 import Gpt2Model
+from jaxkernel.models.registry import ModelDims, family_of
 from jaxkernel.peft.lora import check_no_adapter, resolve_modules_to_save
-from jaxkernel.peft.trainable import TrainableParam, mark_modules_to_save
+from jaxkernel.peft.trainable import TrainableParam, mark_modules_to_save, method_config
 
 
 class PrefixParam(TrainableParam):
@@ -129,32 +128,23 @@ class PrefixEncoder(nnx.Module):
         ]
 
 
-def base_model_of(model: nnx.Module) -> BertModel | Gpt2Model:
+def base_model_of(model: nnx.Module) -> nnx.Module:
     """The bare encoder/decoder inside a task model (or the model itself)."""
-    if isinstance(model, (BertModel, Gpt2Model)):
-        return model
-    for name in ("bert", "transformer"):
-        base = getattr(model, name, None)
-        if isinstance(base, (BertModel, Gpt2Model)):
-            return base
-    raise TypeError(f"{type(model).__name__} is not a jaxkernel BERT or GPT-2 model; prefix tuning needs one")
+    return family_of(model).base_model(model)
 
 
-def model_dims(base: BertModel | Gpt2Model) -> dict[str, int]:
-    """layers, heads, head_dim, width and position budget of a bare model."""
-    c = base.config
-    if isinstance(base, BertModel):
-        return dict(layers=c.num_hidden_layers, heads=c.num_attention_heads, head_dim=c.head_dim,
-                    width=c.hidden_size, positions=c.max_position_embeddings)
-    return dict(layers=c.n_layer, heads=c.n_head, head_dim=c.head_dim, width=c.n_embd, positions=c.n_positions)
+def model_dims(model: nnx.Module) -> ModelDims:
+    """Sizes of ``model`` from the registry; the prefix holds ``kv_heads`` heads per layer."""
+    return family_of(model).dims(model.config)
 
 
-def apply_prefix_tuning(model: nnx.Module, config: PrefixConfig, *, seed: int = 0) -> nnx.Module:
+def apply_prefix_tuning(model: nnx.Module, config, *, seed: int = 0) -> nnx.Module:
     """Attach a trainable prefix to ``model``, in place; its forward then uses it.
 
     Args:
       model: a jaxkernel BERT or GPT-2 model (any head).
-      config: prefix length, optional projection, modules_to_save.
+      config: a ``PrefixConfig`` (or the run config's ``peft`` section): prefix length,
+        optional projection, modules_to_save.
       seed: initialises the prefix encoder.
 
     Returns:
@@ -165,16 +155,16 @@ def apply_prefix_tuning(model: nnx.Module, config: PrefixConfig, *, seed: int = 
         adapter is already present.
     """
     check_no_adapter(model, "prefix")
+    config = method_config(PrefixConfig, config)
     base = base_model_of(model)
-    dims = model_dims(base)
-    if config.num_virtual_tokens >= dims["positions"]:
+    dims = model_dims(model)
+    if config.num_virtual_tokens >= dims.positions:
         raise ValueError(
             f"num_virtual_tokens={config.num_virtual_tokens} leaves no room for real tokens: the prefix takes "
-            f"positions 0..{config.num_virtual_tokens - 1} of the model's {dims['positions']} "
-            "(max_position_embeddings / n_positions); use a shorter prefix"
+            f"positions 0..{config.num_virtual_tokens - 1} of the model's {dims.positions}; use a shorter prefix"
         )
     base.prefix_encoder = PrefixEncoder(
-        config.num_virtual_tokens, dims["layers"], dims["heads"], dims["head_dim"],
+        config.num_virtual_tokens, dims.layers, dims.kv_heads, dims.head_dim,
         prefix_projection=config.prefix_projection, encoder_hidden_size=config.encoder_hidden_size,
         rngs=nnx.Rngs(params=seed),
     )

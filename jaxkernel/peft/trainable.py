@@ -24,10 +24,20 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Iterable
 
 import numpy as np
 from flax import nnx
+
+
+def method_config(cls: type, config):
+    """``config`` as a ``cls`` (LoraConfig, PrefixConfig...): itself, or built from the
+    ``peft`` section of a run config by field name, so no method's fields are copied twice."""
+    if isinstance(config, cls):
+        return config
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.name in names})
 
 
 class TrainableParam(nnx.Param):

@@ -44,8 +44,8 @@ from flax import nnx
 from safetensors.numpy import load_file, save_file
 
 from jaxkernel.hf import io as hf_io
-from jaxkernel.hf.family import family_for
-from jaxkernel.hf.pretrained import build_model, hf_config_for
+from jaxkernel.hf.pretrained import hf_config_for
+from jaxkernel.models.registry import family_for
 from jaxkernel.models.layers import Embed, Linear
 from jaxkernel.quant.int8 import Int8Embed, Int8Linear
 from jaxkernel.quant.transform import _modules, _path_str, _replace
@@ -133,7 +133,7 @@ def load_quantized(directory: str | os.PathLike) -> nnx.Module:
     config = family.config_from_hf(hf, overrides)
     task = family.task_for_architecture(hf.get("architectures"))
     # Built abstractly: no float copy of the weights is ever materialised.
-    model = nnx.eval_shape(lambda: _int8_skeleton(build_model(family, task, config), quant["modules"], source))
+    model = nnx.eval_shape(lambda: _int8_skeleton(family.build(task, config), quant["modules"], source))
     _fill(model, load_file(str(weights)), str(weights))
     _concrete_rngs(model)
     return model

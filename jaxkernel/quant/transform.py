@@ -7,7 +7,7 @@ returns a float *copy* for export, leaving the int8 model untouched.
 Targets follow PEFT's ``target_modules`` convention: a list of names matches a
 module whose dotted path equals the name or ends with ``.name``; a single string
 is a regex that must match the whole path. By default every ``Linear`` inside
-the transformer blocks is quantized (BERT ``encoder.layer.*``, GPT-2 ``h.*``);
+the layer stack is quantized (the registry's ``layers_path``: BERT ``encoder.layer.*``, GPT-2 ``h.*``);
 LayerNorms, biases, embeddings, the pooler and task heads stay float unless a
 target names them (task heads additionally need ``include_heads=True``).
 
@@ -33,13 +33,12 @@ from typing import Iterator, Sequence
 from flax import nnx
 
 from jaxkernel.models.layers import Embed, Linear
+from jaxkernel.models.registry import family_of
 from jaxkernel.peft.targets import path_matches
 from jaxkernel.quant.int8 import MODES, Int8Embed, Int8Linear, Mode, _check_mode
 
 Targets = str | Sequence[str] | None
 
-DEFAULT_TARGETS = r"(.*\.)?(encoder\.layer|h)\.\d+\..*"
-"""Regex for the default targets: every Linear inside a BERT layer or GPT-2 block."""
 
 
 def _path_str(path: tuple) -> str:
@@ -131,10 +130,11 @@ def quantize_model(
     _check_known(targets, paths, "target")
     _check_known(skip, paths, "skip")
     heads = tuple(getattr(model, "head_modules", ()))
+    default_targets = family_of(model).int8_targets  # every Linear inside the layer stack
     chosen = []
     for (path, node), name in zip(candidates, paths):
         if targets is None:
-            selected = isinstance(node, Linear) and _matches(name, DEFAULT_TARGETS)
+            selected = isinstance(node, Linear) and _matches(name, default_targets)
         else:
             selected = _matches(name, targets)
         in_head = any(name == h or name.startswith(h + ".") for h in heads)
@@ -179,4 +179,4 @@ def dequantize_model(model: nnx.Module) -> nnx.Module:
     return copy
 
 
-__all__ = ["DEFAULT_TARGETS", "MODES", "dequantize_model", "quantize_model", "quantized_paths"]
+__all__ = ["MODES", "dequantize_model", "quantize_model", "quantized_paths"]

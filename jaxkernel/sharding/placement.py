@@ -108,7 +108,7 @@ def from_pretrained_sharded(
     devices receive only their slices.
     """
     from jaxkernel.hf import io
-    from jaxkernel.hf.pretrained import build_model, config_from_pretrained, load_tensors
+    from jaxkernel.hf.pretrained import config_from_pretrained, load_tensors
 
     rules = sharding_rules.get_rules(rules)
     overrides = {"num_labels": num_labels, "labels": labels}
@@ -116,7 +116,7 @@ def from_pretrained_sharded(
         overrides["dtype"] = dtype
     family, config, default_task, directory = config_from_pretrained(path_or_id, revision=revision, **overrides)
     task = task or default_task
-    model_fn = lambda: build_model(family, task, config, seed=seed)  # noqa: E731
+    model_fn = lambda: family.build(task, config, seed=seed)  # noqa: E731
     tensors, source = io.read_weights(directory)
     return load_sharded(model_fn, tensors, mesh, rules, source=str(directory / source))
 

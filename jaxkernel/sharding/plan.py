@@ -47,17 +47,6 @@ DEVICE_MEMORY = {
 # TPU slice names count TensorCores for v4/v5p (2 per chip, one JAX device per chip).
 CORES_PER_DEVICE = {"v4": 2, "v5p": 2}
 
-NAMED_MODELS: dict[str, tuple[str, dict]] = {
-    "gpt2": ("gpt2", dict(n_embd=768, n_layer=12, n_head=12)),
-    "gpt2-medium": ("gpt2", dict(n_embd=1024, n_layer=24, n_head=16)),
-    "gpt2-large": ("gpt2", dict(n_embd=1280, n_layer=36, n_head=20)),
-    "gpt2-xl": ("gpt2", dict(n_embd=1600, n_layer=48, n_head=25)),
-    "bert-base": ("bert", dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072)),
-    "bert-large": ("bert", dict(hidden_size=1024, num_hidden_layers=24, num_attention_heads=16, intermediate_size=4096)),
-    "minilm-l6": ("bert", dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536)),
-}
-
-
 @dataclasses.dataclass(frozen=True)
 class ParamGroup:
     """Parameters that share a path pattern (layer index -> ``*``), shape and spec."""
@@ -290,17 +279,15 @@ def _fit_warnings(plan: Plan, rules: sharding_rules.ShardingRules) -> None:
 
 def model_config(name_or_path: str, **overrides):
     """(family, config) for a named size or a HF config.json / model directory."""
-    from jaxkernel.hf.family import family_for
+    from jaxkernel.models.registry import config_for_size, family_for, known_sizes
 
-    if name_or_path in NAMED_MODELS:
-        model_type, values = NAMED_MODELS[name_or_path]
-        family = family_for(model_type, name_or_path)
-        return family, family.config_class(**values, **{k: v for k, v in overrides.items() if v is not None})
+    if name_or_path in known_sizes():
+        return config_for_size(name_or_path, **overrides)
     path = Path(name_or_path)
     file = path / "config.json" if path.is_dir() else path
     if not file.is_file():
         raise FileNotFoundError(
-            f"{name_or_path!r} is neither a named size ({', '.join(NAMED_MODELS)}) nor a config.json / model directory"
+            f"{name_or_path!r} is neither a named size ({', '.join(known_sizes())}) nor a config.json / model directory"
         )
     hf = json.loads(file.read_text())
     family = family_for(hf.get("model_type"), str(file))
@@ -323,25 +310,16 @@ def plan_config(
     against ``num_devices`` (default: the product of the other sizes, i.e. -1 = 1).
     Remaining keyword arguments go to :func:`plan_model`.
     """
-    from jaxkernel.hf.family import family_of
+    from jaxkernel.models.registry import family_of_config
 
     mesh_config = mesh if isinstance(mesh, MeshConfig) else MeshConfig(tuple(mesh))
     if num_devices is None:
         num_devices = math.prod(s for s in mesh_config.shape if s != -1)
     sizes = mesh_config.axis_sizes(num_devices)
-    family = next(f for f in _families() if isinstance(config, f.config_class))
+    family = family_of_config(config)
     family.check_task(task)
-    cls, _ = family.tasks[task]
-    abstract = nnx.eval_shape(lambda: cls(config, rngs=nnx.Rngs(0)))
-    family_of(abstract)
+    abstract = nnx.eval_shape(lambda: family.build(task, config))
     return plan_model(abstract, sizes, sharding_rules.get_rules(preset, overrides), **kwargs)
-
-
-def _families():
-    from jaxkernel.hf.family import FAMILIES, family_for
-
-    family_for("bert", "planner")  # registers the families
-    return FAMILIES.values()
 
 
 def _fmt_bytes(n: float) -> str:
@@ -395,7 +373,7 @@ def _run_plan(args) -> int:
     from jaxkernel.sharding.mesh import parse_mesh_shape
 
     family, config = model_config(args.model, num_labels=args.num_labels, dtype=args.dtype)
-    task = args.task or ("causal-lm" if "causal-lm" in family.tasks else "token-classification")
+    task = args.task or ("causal-lm" if family.causal else "token-classification")
     num_devices, memory = (None, None)
     if args.device:
         num_devices, memory = parse_device(args.device)
@@ -427,7 +405,7 @@ def add_plan(subparsers) -> None:
         "PartitionSpec of every parameter group, with warnings when it will not fit or leaves devices idle. "
         "No devices are needed: plan a TPU pod from a laptop.",
     )
-    p.add_argument("model", help=f"named size ({', '.join(NAMED_MODELS)}) or a HF config.json / model directory")
+    p.add_argument("model", help="named size (gpt2-xl, bert-large, llama-3-8b... see the registry) or a HF config.json / model directory")
     p.add_argument("--task", default=None, help="model head (default: causal-lm for GPT-2, token-classification for BERT)")
     p.add_argument("--preset", default="fsdp", choices=sorted(sharding_rules.PRESETS))
     p.add_argument("--mesh", default=None, help="data,fsdp,tensor sizes, -1 = the rest (default: the preset's)")

@@ -40,8 +40,8 @@ Example::
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import dataclasses
+import functools
 import logging
 import math
 from typing import Any, Iterator, Mapping
@@ -49,6 +49,8 @@ from typing import Any, Iterator, Mapping
 import jax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from jaxkernel.models.layers import activation_constraint
 
 log = logging.getLogger(__name__)
 
@@ -294,32 +296,21 @@ def replicated(mesh: Mesh) -> NamedSharding:
 # Activation constraints
 
 
-_ACTIVE: contextvars.ContextVar = contextvars.ContextVar("jaxkernel_activation_sharding", default=None)
-
-
 @contextlib.contextmanager
 def activation_sharding(mesh: Mesh | None, rules: ShardingRules | None) -> Iterator[None]:
-    """Make :func:`constrain` active while tracing (the train/eval steps enter this)."""
-    token = _ACTIVE.set(None if mesh is None or rules is None else (mesh, rules))
-    try:
+    """Make the models' ``constrain`` calls pin activations while tracing (the train/eval steps enter this)."""
+    fn = None if mesh is None or rules is None else functools.partial(constrain_activation, mesh=mesh, rules=rules)
+    with activation_constraint(fn):
         yield
-    finally:
-        _ACTIVE.reset(token)
 
 
-def constrain(x: jax.Array, logical_axes: tuple[str | None, ...]) -> jax.Array:
-    """Pin an activation's sharding at a layer boundary; a no-op outside a sharded step.
+def constrain_activation(x: jax.Array, logical_axes: tuple[str | None, ...], *, mesh: Mesh, rules: ShardingRules) -> jax.Array:
+    """Pin ``x`` to the sharding its logical activation names get under ``rules``.
 
     Logical activation names: ``"batch"`` (split over data axes), the tensor
     parallel names ``heads``/``qkv``/``mlp``/``vocab`` (follow the rules), anything
-    else (``"length"``, ``"embed"``) replicated. Example::
-
-        hidden = constrain(hidden, ("batch", "length", "embed"))
+    else (``"length"``, ``"embed"``) replicated.
     """
-    active = _ACTIVE.get()
-    if active is None:
-        return x
-    mesh, rules = active
     sizes = axis_sizes_of(mesh)
     entries, used = [], set()
     for logical, size in zip(logical_axes, x.shape):

@@ -21,9 +21,6 @@ from flax import nnx
 
 from jaxkernel.config import Config, ConfigError, resolve_path
 from jaxkernel.hf.pretrained import from_pretrained
-from jaxkernel.models.gpt2 import Gpt2Config
-
-DEFAULT_LORA_TARGETS = {"bert": ("query", "value"), "gpt2": ("c_attn",)}
 
 
 def build_model(config: Config, labels: tuple[str, ...] | None = None) -> nnx.Module:
@@ -43,7 +40,7 @@ def build_model(config: Config, labels: tuple[str, ...] | None = None) -> nnx.Mo
 
 def adapt_model(model: nnx.Module, config: Config) -> nnx.Module:
     """Apply the config's int8 quantization and PEFT method to ``model`` (in place)."""
-    from jaxkernel.peft import LoraConfig, PrefixConfig, apply_lora, apply_prefix_tuning
+    from jaxkernel.peft import apply_bottleneck, apply_ia3, apply_lora, apply_prefix_tuning
     from jaxkernel.quant.transform import quantize_model
 
     if config.train.remat:
@@ -52,29 +49,23 @@ def adapt_model(model: nnx.Module, config: Config) -> nnx.Module:
         quantize_model(model, **config.quant.as_kwargs())
     p = config.peft
     if p.method == "lora":
-        family = "gpt2" if isinstance(model.config, Gpt2Config) else "bert"
-        lora = LoraConfig(
-            r=p.r, alpha=p.alpha, dropout=p.dropout,
-            target_modules=p.target_modules or DEFAULT_LORA_TARGETS[family],
-            modules_to_save=p.modules_to_save, use_rslora=p.use_rslora,
-        )
-        apply_lora(model, lora, seed=config.train.seed)
+        apply_lora(model, p, seed=config.train.seed)
     elif p.method == "prefix":
-        prefix = PrefixConfig(
-            num_virtual_tokens=p.num_virtual_tokens, prefix_projection=p.prefix_projection,
-            encoder_hidden_size=p.encoder_hidden_size, modules_to_save=p.modules_to_save,
-        )
-        apply_prefix_tuning(model, prefix, seed=config.train.seed)
+        apply_prefix_tuning(model, p, seed=config.train.seed)
+    elif p.method == "ia3":
+        apply_ia3(model, p)
+    elif p.method == "adapter":
+        apply_bottleneck(model, p, seed=config.train.seed)
     elif config.quant.method == "int8":
         raise ConfigError(
-            "quant.method=int8 freezes the base model in int8: combine it with peft.method=lora or prefix "
+            "quant.method=int8 freezes the base model in int8: combine it with peft.method=lora, prefix, ia3 or adapter "
             "(full fine-tuning of int8 weights is not supported)"
         )
     return model
 
 
 def set_remat(model: nnx.Module, enabled: bool = True) -> None:
-    """Rematerialise every transformer layer of ``model`` (BERT encoder / GPT-2 blocks)."""
+    """Rematerialise every transformer layer of ``model`` (the layer stacks that hold a ``remat`` flag)."""
     stacks = [m for _, m in nnx.iter_modules(model) if hasattr(m, "remat") and isinstance(m.remat, bool)]
     if not stacks:
         raise ConfigError(f"train.remat: {type(model).__name__} has no layer stack to rematerialise")
