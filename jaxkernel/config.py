@@ -34,6 +34,8 @@ from typing import Any, Literal, Optional, Union
 
 import yaml
 
+from jaxkernel.sharding.mesh import MeshConfig  # the mesh section is the sharding package's one MeshConfig
+
 RESOLVED_NAME = "config.yaml"  # file written by save_resolved in the run directory
 PACKAGE_SCHEME = "package:"  # "package:<module>/<sub/path>" = a folder shipped inside an installed package
 
@@ -191,28 +193,6 @@ class QuantConfig:
         """Arguments of ``jaxkernel.quant.quantize_model`` (everything but ``method``)."""
         return {"mode": self.mode, "targets": self.targets, "skip": self.skip,
                 "group_size": self.group_size, "include_heads": self.include_heads}
-
-
-@dataclasses.dataclass(frozen=True)
-class MeshConfig:
-    """Device mesh and the logical-axis -> mesh-axis rules that shard parameters and batches."""
-
-    # dp: replicate parameters; fsdp: shard them over the data axis; tp: tensor parallel; fsdp_tp: both.
-    preset: Literal["dp", "fsdp", "tp", "fsdp_tp"] = "dp"
-    # Mesh shape over mesh.axes, one -1 allowed (= the remaining devices); None = the preset's
-    # default shape (dp (-1, 1, 1), fsdp (1, -1, 1), tp (1, 1, -1), fsdp_tp (1, -1, 2)).
-    shape: Optional[tuple[int, ...]] = None
-    axes: Optional[tuple[str, ...]] = None  # names from data, fsdp, tensor, one per shape entry; None = all three
-    # Logical axis -> mesh axis (or list of axes, or null = replicated), overriding the preset,
-    # e.g. {embed: fsdp, mlp: tensor}.
-    rules: dict[str, Union[str, tuple[str, ...], None]] = dataclasses.field(default_factory=dict)
-
-    def __post_init__(self):
-        if self.shape is not None:
-            if sum(1 for s in self.shape if s == -1) > 1 or any(s == 0 or s < -1 for s in self.shape):
-                raise ConfigError(f"mesh.shape={list(self.shape)}: sizes must be positive, with at most one -1")
-            if self.axes is not None and len(self.axes) != len(self.shape):
-                raise ConfigError(f"mesh.shape={list(self.shape)} and mesh.axes={list(self.axes)} differ in length")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -491,7 +471,7 @@ def config_from_dict(raw: dict | None, *, source: str = "config", lines: dict | 
             values[key] = _coerce(value, fields[key], f"{at(name, key)}: {name}.{key}")
         try:
             sections[name] = SECTIONS[name](**values)
-        except ConfigError as err:
+        except (ConfigError, ValueError) as err:
             raise ConfigError(f"{at(name)}: {err}") from None
     try:
         return Config(**sections)

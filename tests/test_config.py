@@ -75,7 +75,7 @@ def test_defaults_without_file():
 def test_overrides_are_parsed_into_declared_types():
     config = load_config(None, [
         "train.steps=200", "optimizer.learning_rate=1e-3", "train.remat=true", "checkpoint.every=null",
-        "peft.target_modules=[query, value]", "model.labels=[O, B-PER, I-PER]", "mesh.shape=[2, -1]",
+        "peft.target_modules=[query, value]", "model.labels=[O, B-PER, I-PER]", "mesh.shape=[2, -1]", "mesh.axes=[data, fsdp]",
         "optimizer.max_grad_norm=2", "model.path=1e3", "data.columns.text=review", "mesh.rules={embed: fsdp}",
         "mesh.rules.mlp=[fsdp, tensor]", "model.dtype=bfloat16", "data.source=hub:glue:sst2",
     ])

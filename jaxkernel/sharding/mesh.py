@@ -23,6 +23,7 @@ import dataclasses
 import logging
 import math
 import os
+from typing import Literal, Optional, Union
 
 import jax
 from jax.sharding import AxisType, Mesh
@@ -34,57 +35,81 @@ log = logging.getLogger(__name__)
 
 @dataclasses.dataclass(frozen=True)
 class MeshConfig:
-    """Mesh shape over named axes (default ``("data", "fsdp", "tensor")``); one entry may be -1.
+    """Device mesh and the logical-axis -> mesh-axis rules that shard parameters and batches.
 
-    ``axes`` may list a subset, e.g. ``MeshConfig((4, 2), ("fsdp", "tensor"))``;
-    the axes left out get size 1.
+    The one mesh config: the run config's ``mesh`` section and the Python API
+    (``make_mesh(MeshConfig((1, -1, 2)))``). ``axes`` may list a subset, e.g.
+    ``MeshConfig((4, 2), ("fsdp", "tensor"))``; the axes left out get size 1.
     """
 
-    shape: tuple[int, ...] = (1, -1, 1)
-    axes: tuple[str, ...] = MESH_AXES
+    # Mesh shape over mesh.axes, one -1 allowed (= the remaining devices); None = the preset's
+    # default shape (dp (-1, 1, 1), fsdp (1, -1, 1), tp (1, 1, -1), fsdp_tp (1, -1, 2)).
+    shape: Optional[tuple[int, ...]] = None
+    axes: Optional[tuple[str, ...]] = None  # names from data, fsdp, tensor, one per shape entry; None = all three
+    # dp: replicate parameters; fsdp: shard them over the data axis; tp: tensor parallel; fsdp_tp: both.
+    preset: Literal["dp", "fsdp", "tp", "fsdp_tp"] = "dp"
+    # Logical axis -> mesh axis (or list of axes, or null = replicated), overriding the preset,
+    # e.g. {embed: fsdp, mlp: tensor}.
+    rules: dict[str, Union[str, tuple[str, ...], None]] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
-        object.__setattr__(self, "shape", tuple(int(s) for s in self.shape))
-        object.__setattr__(self, "axes", tuple(self.axes))
-        if len(self.shape) != len(self.axes):
-            raise ValueError(f"mesh shape {self.shape} has {len(self.shape)} entries for the {len(self.axes)} axes {self.axes}")
-        unknown = [a for a in self.axes if a not in MESH_AXES]
-        if unknown or len(set(self.axes)) != len(self.axes):
-            raise ValueError(f"mesh axes {self.axes} must be distinct names from {MESH_AXES}")
-        if self.shape.count(-1) > 1:
-            raise ValueError(f"mesh shape {self.shape} has more than one -1; at most one axis can take 'the rest'")
-        bad = [s for s in self.shape if s != -1 and s < 1]
+        if self.preset not in PRESET_MESH_SHAPES:
+            raise ValueError(f"mesh.preset={self.preset!r} is not one of {sorted(PRESET_MESH_SHAPES)}")
+        if self.shape is not None:
+            object.__setattr__(self, "shape", tuple(int(s) for s in self.shape))
+        if self.axes is not None:
+            object.__setattr__(self, "axes", tuple(self.axes))
+        shape, axes = self.mesh_shape, self.mesh_axes
+        if len(shape) != len(axes):
+            raise ValueError(f"mesh.shape={list(shape)} has {len(shape)} entries for the {len(axes)} mesh.axes {list(axes)}")
+        unknown = [a for a in axes if a not in MESH_AXES]
+        if unknown or len(set(axes)) != len(axes):
+            raise ValueError(f"mesh.axes={list(axes)} must be distinct names from {list(MESH_AXES)}")
+        if shape.count(-1) > 1:
+            raise ValueError(f"mesh.shape={list(shape)} has more than one -1; at most one axis can take 'the rest'")
+        bad = [s for s in shape if s != -1 and s < 1]
         if bad:
-            raise ValueError(f"mesh shape {self.shape} has size {bad[0]}; sizes are positive, or -1 for the rest")
+            raise ValueError(f"mesh.shape={list(shape)} has size {bad[0]}; sizes are positive, or -1 for the rest")
+
+    @property
+    def mesh_shape(self) -> tuple[int, ...]:
+        """``shape``, or the preset's default shape."""
+        return self.shape if self.shape is not None else PRESET_MESH_SHAPES[self.preset]
+
+    @property
+    def mesh_axes(self) -> tuple[str, ...]:
+        return self.axes if self.axes is not None else MESH_AXES
 
     @classmethod
     def for_preset(cls, preset: str) -> "MeshConfig":
         """The default mesh of a preset (``dp`` -> (-1, 1, 1), ``fsdp`` -> (1, -1, 1)...)."""
         if preset not in PRESET_MESH_SHAPES:
             raise ValueError(f"no default mesh for preset {preset!r}; choose one of {sorted(PRESET_MESH_SHAPES)}")
-        return cls(PRESET_MESH_SHAPES[preset])
+        return cls(preset=preset)
 
     def resolve(self, num_devices: int) -> tuple[int, ...]:
         """The concrete shape for ``num_devices`` devices (replaces -1), or a clear error."""
-        known = math.prod(s for s in self.shape if s != -1)
-        if -1 in self.shape:
+        shape = self.mesh_shape
+        known = math.prod(s for s in shape if s != -1)
+        if -1 in shape:
             if num_devices % known:
                 raise ValueError(
-                    f"mesh shape {self.shape} cannot use {num_devices} devices: the fixed axes need a multiple "
+                    f"mesh shape {shape} cannot use {num_devices} devices: the fixed axes need a multiple "
                     f"of {known}; change mesh.shape"
                 )
-            return tuple(num_devices // known if s == -1 else s for s in self.shape)
+            return tuple(num_devices // known if s == -1 else s for s in shape)
         if known != num_devices:
             raise ValueError(
-                f"mesh shape {self.shape} needs {known} devices, found {num_devices}: "
+                f"mesh shape {shape} needs {known} devices, found {num_devices}: "
                 "set mesh.shape so the sizes multiply to the device count, or use -1 for one axis"
             )
-        return self.shape
+        return shape
 
     def axis_sizes(self, num_devices: int) -> dict[str, int]:
         """Size of every mesh axis; axes left out of ``axes`` have size 1."""
-        sizes = dict(zip(self.axes, self.resolve(num_devices)))
-        return {axis: sizes.get(axis, 1) for axis in self.axes + tuple(a for a in MESH_AXES if a not in self.axes)}
+        axes = self.mesh_axes
+        sizes = dict(zip(axes, self.resolve(num_devices)))
+        return {axis: sizes.get(axis, 1) for axis in axes + tuple(a for a in MESH_AXES if a not in axes)}
 
 
 def parse_mesh_shape(text: str) -> tuple[int, ...]:
@@ -95,7 +120,7 @@ def parse_mesh_shape(text: str) -> tuple[int, ...]:
         raise ValueError(f"mesh shape {text!r} is not a list of integers like '1,-1,2'") from None
 
 
-def make_mesh(config: MeshConfig = MeshConfig(), devices=None) -> Mesh:
+def make_mesh(config: MeshConfig = MeshConfig(preset="fsdp"), devices=None) -> Mesh:
     """A ``jax.sharding.Mesh`` over all (or the given) devices.
 
     Axis types are ``Auto``: jit's partitioner propagates shardings from the

@@ -106,7 +106,7 @@ def build_optimizer(config: Config, total_steps: int) -> tuple[optax.GradientTra
 
 def build_mesh(config: Config):
     """(mesh, rules) over the visible devices, or (None, None) on a single device."""
-    from jaxkernel.sharding.mesh import MeshConfig, make_mesh
+    from jaxkernel.sharding.mesh import make_mesh
     from jaxkernel.sharding.rules import get_rules
 
     c = config.mesh
@@ -115,5 +115,4 @@ def build_mesh(config: Config):
         devices = devices[: math.prod(c.shape)]  # an explicit smaller mesh uses the first devices
     if len(devices) == 1:
         return None, None
-    mesh_config = MeshConfig.for_preset(c.preset) if c.shape is None else MeshConfig(c.shape, c.axes or ("data", "fsdp", "tensor"))
-    return make_mesh(mesh_config, devices=devices), get_rules(c.preset, c.rules or None)
+    return make_mesh(c, devices=devices), get_rules(c.preset, c.rules or None)
