@@ -154,16 +154,27 @@ class DataConfig:
 class PeftConfig:
     """Parameter-efficient fine-tuning; names and defaults follow Hugging Face PEFT."""
 
-    method: Literal["none", "lora", "prefix"] = "none"  # none trains every parameter (full fine-tune)
+    # none trains every parameter (full fine-tune); adapter = AdapterHub bottleneck adapters (BERT)
+    method: Literal["none", "lora", "prefix", "ia3", "adapter"] = "none"
     r: int = 8  # LoRA rank
     alpha: float = 8.0  # PEFT's lora_alpha: scale = alpha / r, or alpha / sqrt(r) with use_rslora
-    dropout: float = 0.0  # LoRA dropout on the adapter input
-    # LoRA: modules to wrap, a list of names (matched on the path's last parts) or one regex
-    # (full match); None = the family default (BERT query/value, GPT-2 c_attn).
+    dropout: float = 0.0  # LoRA: dropout on the adapter input; adapter: on the bottleneck output
+    # LoRA / IA3: modules to wrap, a list of names (matched on the path's last parts) or one regex
+    # (full match); None = the family default (LoRA: BERT query/value, GPT-2 c_attn; IA3: BERT
+    # key/value/output.dense, GPT-2 c_attn/mlp.c_proj).
     target_modules: Union[tuple[str, ...], str, None] = None
     # Modules trained in full and saved with the adapter; None = the task head.
     modules_to_save: Optional[tuple[str, ...]] = None
     use_rslora: bool = False  # rank-stabilised LoRA scale alpha / sqrt(r)
+    use_dora: bool = False  # LoRA: weight-decomposed LoRA (DoRA), a learned magnitude per output channel
+    # IA3: targets whose *input* is scaled (the rest scale their output); None = the family default
+    # (PEFT's: BERT output.dense, GPT-2 mlp.c_proj). IA3 targets come from target_modules.
+    feedforward_modules: Union[tuple[str, ...], str, None] = None
+    # adapter: AdapterHub architecture, houlsby (= double_seq_bn: after attention and FFN) or
+    # pfeiffer (= seq_bn: after the FFN only)
+    adapter_config: Literal["pfeiffer", "houlsby", "seq_bn", "double_seq_bn"] = "pfeiffer"
+    reduction_factor: float = 16.0  # adapter: bottleneck width = hidden_size // reduction_factor
+    non_linearity: Optional[str] = None  # adapter: activation; None = the architecture's (pfeiffer relu, houlsby swish)
     num_virtual_tokens: int = 20  # prefix tuning: virtual tokens per layer
     prefix_projection: bool = False  # prefix tuning: reparameterise the prefix through an MLP
     encoder_hidden_size: Optional[int] = None  # prefix tuning: MLP width with prefix_projection; None = model width
@@ -173,6 +184,8 @@ class PeftConfig:
             raise ConfigError(f"peft.r={self.r} and peft.num_virtual_tokens={self.num_virtual_tokens} must be >= 1")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"peft.dropout={self.dropout} must be in [0, 1)")
+        if self.reduction_factor <= 0:
+            raise ConfigError(f"peft.reduction_factor={self.reduction_factor} must be > 0 (e.g. 16)")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -224,11 +224,11 @@ def test_adapter_for_another_base_is_refused(tmp_path, bert_adapter):
 
 def test_unsupported_adapter_options_are_refused(bert_adapter):
     adapter, ours = bert_adapter
-    _edit_config(adapter, use_dora=True)
-    with pytest.raises(ValueError, match="use_dora=True is not supported"):
+    _edit_config(adapter, lora_bias=True)
+    with pytest.raises(ValueError, match="lora_bias=True is not supported"):
         jaxkernel.load_adapter(ours, adapter)
-    _edit_config(adapter, use_dora=False, peft_type="IA3")
-    with pytest.raises(ValueError, match="peft_type 'IA3' is not supported.*LORA and PREFIX_TUNING"):
+    _edit_config(adapter, lora_bias=False, peft_type="ADALORA")
+    with pytest.raises(ValueError, match="peft_type 'ADALORA' is not supported.*LORA, IA3 and PREFIX_TUNING"):
         jaxkernel.load_adapter(ours, adapter)
 
 

@@ -11,6 +11,8 @@ jaxkernel                              PEFT key
 =====================================  =====================================================
 ``<m>.lora_A`` (in, r)                 ``base_model.model.<hf m>.lora_A.weight`` (r, in)
 ``<m>.lora_B`` (r, out)                ``base_model.model.<hf m>.lora_B.weight`` (out, r)
+``<m>.lora_magnitude_vector`` (out,)   ``base_model.model.<hf m>.lora_magnitude_vector`` (DoRA)
+``<m>.ia3_l`` (out,) / (in,)           ``base_model.model.<hf m>.ia3_l`` (out, 1) / feed-forward (1, in)
 modules_to_save param (LoRA)           ``base_model.model.<hf key>`` (table transform)
 modules_to_save param (prefix)         ``base_model.<hf key>``
 prefix encoder output (P, 2 L D)       ``prompt_embeddings``
@@ -21,7 +23,8 @@ shaped even on GPT-2's ``Conv1D`` (PEFT handles Conv1D through
 ``fan_in_fan_out``, which is set when the table stores the kernel untransposed).
 ``task_type`` follows ``model.task``. A prefix is saved the way PEFT saves it:
 the encoder *output*, so a projected prefix comes back as a plain
-(``prefix_projection=False``) prefix with identical outputs.
+(``prefix_projection=False``) prefix with identical outputs. Bottleneck adapters have no PEFT
+form: ``save_adapter`` / ``load_adapter`` hand them to ``jaxkernel.hf.adapterhub_format``.
 
 Example::
 
@@ -46,6 +49,8 @@ from jaxkernel.hf import io
 from jaxkernel.models.registry import family_of
 from jaxkernel.hf.mapping import IDENTITY, MappingError, Rule, hf_key_for, param_paths
 from jaxkernel.hf.pretrained import _normalise_prefix, save_pretrained
+from jaxkernel.peft.bottleneck import BottleneckConfig
+from jaxkernel.peft.ia3 import Ia3Config, apply_ia3, ia3_layers
 from jaxkernel.peft.lora import LoraConfig, apply_lora, lora_layers, merge_and_unload
 from jaxkernel.peft.prefix import PrefixConfig, apply_prefix_tuning, base_model_of, model_dims
 from jaxkernel.peft.trainable import SavedModuleParam
@@ -68,7 +73,7 @@ PEFT_TASK_TYPES = {
 
 # LoRA options PEFT can save that jaxkernel does not implement: key -> the only accepted value.
 _LORA_UNSUPPORTED = {
-    "use_dora": False, "bias": "none", "lora_bias": False, "layers_to_transform": None, "layers_pattern": None,
+    "bias": "none", "lora_bias": False, "layers_to_transform": None, "layers_pattern": None,
     "rank_pattern": None, "alpha_pattern": None, "exclude_modules": None, "layer_replication": None,
     "target_parameters": None, "trainable_token_indices": None, "use_qalora": False, "use_bdlora": None,
     "alora_invocation_tokens": None,
@@ -106,10 +111,12 @@ def _saved_module_names(model: nnx.Module) -> list[str]:
 
 
 def save_adapter(model: nnx.Module, directory: str | os.PathLike, *, base_model_name_or_path: str | None = None) -> Path:
-    """Write the model's LoRA or prefix adapter as a PEFT directory.
+    """Write the model's LoRA / DoRA, IA3 or prefix adapter as a PEFT directory.
+
+    A bottleneck adapter is written as an AdapterHub directory instead (``save_adapterhub``).
 
     Args:
-      model: a model with ``apply_lora`` / ``apply_prefix_tuning`` (or ``load_adapter``) applied.
+      model: a model with ``apply_lora`` / ``apply_ia3`` / ``apply_prefix_tuning`` (or ``load_adapter``) applied.
       directory: output directory (created).
       base_model_name_or_path: recorded in ``adapter_config.json`` for PEFT users.
 
@@ -117,9 +124,13 @@ def save_adapter(model: nnx.Module, directory: str | os.PathLike, *, base_model_
       The directory.
     """
     config = getattr(model, "peft_config", None)
-    if not isinstance(config, (LoraConfig, PrefixConfig)):
+    if isinstance(config, BottleneckConfig):
+        from jaxkernel.hf.adapterhub_format import save_adapterhub
+
+        return save_adapterhub(model, directory, model_name=base_model_name_or_path)
+    if not isinstance(config, (LoraConfig, PrefixConfig, Ia3Config)):
         raise ValueError(
-            f"{type(model).__name__} carries no adapter: apply_lora / apply_prefix_tuning first, "
+            f"{type(model).__name__} carries no adapter: apply_lora / apply_ia3 / apply_prefix_tuning first, "
             "or use jaxkernel.save_pretrained for a full model"
         )
     family = family_of(model)
@@ -138,13 +149,29 @@ def save_adapter(model: nnx.Module, directory: str | os.PathLike, *, base_model_
             # Merged layers still hold A and B; the base kernel is what changed.
             tensors[f"{LORA_PREFIX}{hf_module}.lora_A.weight"] = np.asarray(layer.lora_A[...], np.float32).T
             tensors[f"{LORA_PREFIX}{hf_module}.lora_B.weight"] = np.asarray(layer.lora_B[...], np.float32).T
+            if config.use_dora:
+                tensors[f"{LORA_PREFIX}{hf_module}.lora_magnitude_vector"] = np.asarray(
+                    layer.lora_magnitude_vector[...], np.float32)
         tensors.update({LORA_PREFIX + k: v for k, v in _saved_module_tensors(model, family.table).items()})
         targets = config.target_modules
         hf_config = {
             "peft_type": "LORA", **common, "r": config.r, "lora_alpha": config.alpha,
             "lora_dropout": config.dropout, "use_rslora": config.use_rslora,
             "target_modules": targets if isinstance(targets, str) else list(targets),
-            "fan_in_fan_out": conv1d, "bias": "none", "init_lora_weights": True, "use_dora": False,
+            "fan_in_fan_out": conv1d, "bias": "none", "init_lora_weights": True, "use_dora": config.use_dora,
+        }
+    elif isinstance(config, Ia3Config):
+        tensors, conv1d = {}, False
+        for path, layer in ia3_layers(model).items():
+            hf_module, rule = _hf_module(path, family.table)
+            conv1d |= rule.transform is IDENTITY
+            vector = np.asarray(layer.ia3_l[...], np.float32)
+            tensors[f"{LORA_PREFIX}{hf_module}.ia3_l"] = vector[None, :] if layer.is_feedforward else vector[:, None]
+        tensors.update({LORA_PREFIX + k: v for k, v in _saved_module_tensors(model, family.table).items()})
+        hf_config = {
+            "peft_type": "IA3", **common, "target_modules": _as_json(config.target_modules),
+            "feedforward_modules": _as_json(config.feedforward_modules), "fan_in_fan_out": conv1d,
+            "init_ia3_weights": True, "exclude_modules": None,
         }
     else:
         encoder = base_model_of(model).prefix_encoder
@@ -166,6 +193,10 @@ def save_adapter(model: nnx.Module, directory: str | os.PathLike, *, base_model_
               metadata={"format": "pt"})
     (directory / ADAPTER_CONFIG).write_text(json.dumps(hf_config, indent=2, sort_keys=True) + "\n")
     return directory
+
+
+def _as_json(targets):
+    return targets if isinstance(targets, str) else list(targets)
 
 
 def read_adapter(directory: str | os.PathLike) -> tuple[dict, dict[str, np.ndarray], str]:
@@ -199,7 +230,20 @@ def _lora_config_from_peft(hf: dict, source: str) -> LoraConfig:
         r=hf["r"], alpha=hf.get("lora_alpha", 8), dropout=hf.get("lora_dropout", 0.0) or 0.0,
         target_modules=targets if isinstance(targets, str) else tuple(targets),
         modules_to_save=None if hf.get("modules_to_save") is None else tuple(hf["modules_to_save"]),
-        use_rslora=bool(hf.get("use_rslora", False)),
+        use_rslora=bool(hf.get("use_rslora", False)), use_dora=bool(hf.get("use_dora", False)),
+    )
+
+
+def _ia3_config_from_peft(hf: dict, source: str) -> Ia3Config:
+    if hf.get("exclude_modules"):
+        raise ValueError(f"{source}: exclude_modules={hf['exclude_modules']!r} is not supported by jaxkernel IA3")
+    targets, feedforward = hf.get("target_modules"), hf.get("feedforward_modules")
+    if targets is None or feedforward is None:
+        raise ValueError(f"{source}: target_modules and feedforward_modules must be given for IA3")
+    return Ia3Config(
+        target_modules=targets if isinstance(targets, str) else tuple(targets),
+        feedforward_modules=feedforward if isinstance(feedforward, str) else tuple(feedforward),
+        modules_to_save=None if hf.get("modules_to_save") is None else tuple(hf["modules_to_save"]),
     )
 
 
@@ -231,7 +275,9 @@ def _take(tensors: dict, key: str, expected: tuple, source: str, what: str) -> n
 
 
 def load_adapter(model: nnx.Module, directory: str | os.PathLike, *, seed: int = 0) -> nnx.Module:
-    """Apply a PEFT adapter directory (LoRA or prefix tuning) to ``model``, in place.
+    """Apply a PEFT adapter directory (LoRA / DoRA, IA3 or prefix tuning) to ``model``, in place.
+
+    An AdapterHub bottleneck-adapter directory is recognised and read by ``load_adapterhub``.
 
     Args:
       model: the jaxkernel base model, loaded with the head the adapter was trained for.
@@ -247,6 +293,10 @@ def load_adapter(model: nnx.Module, directory: str | os.PathLike, *, seed: int =
         After an error the model may already carry the (partly filled)
         adapter: load the base model again before retrying.
     """
+    from jaxkernel.hf.adapterhub_format import is_adapterhub_dir, load_adapterhub
+
+    if is_adapterhub_dir(directory):
+        return load_adapterhub(model, directory, seed=seed)
     hf, tensors, source = read_adapter(directory)
     family = family_of(model)
     task_type = peft_task_type(model)
@@ -256,18 +306,21 @@ def load_adapter(model: nnx.Module, directory: str | os.PathLike, *, seed: int =
     if peft_type == "LORA":
         apply_lora(model, _lora_config_from_peft(hf, source), seed=seed)
         prefix = LORA_PREFIX
+    elif peft_type == "IA3":
+        apply_ia3(model, _ia3_config_from_peft(hf, source))
+        prefix = LORA_PREFIX
     elif peft_type == "PREFIX_TUNING":
         apply_prefix_tuning(model, _prefix_config_from_peft(hf, model, source), seed=seed)
         prefix = PROMPT_PREFIX
     else:
-        raise ValueError(f"{source}: peft_type {peft_type!r} is not supported; jaxkernel reads LORA and PREFIX_TUNING")
+        raise ValueError(f"{source}: peft_type {peft_type!r} is not supported; jaxkernel reads LORA, IA3 and PREFIX_TUNING")
 
     prompt = tensors.pop(PROMPT_KEY, None)
     unexpected = sorted(k for k in tensors if not k.startswith(prefix))
     if unexpected:
         raise MappingError(f"{source}: unexpected tensors for a {peft_type} adapter: {', '.join(unexpected[:8])}")
     tensors = {k[len(prefix):]: v for k, v in tensors.items()}
-    if peft_type == "LORA":  # an adapter trained on the bare model fits a task model, as in HF
+    if peft_type in ("LORA", "IA3"):  # an adapter trained on the bare model fits a task model, as in HF
         tensors = _normalise_prefix(model, family, tensors)
 
     if peft_type == "LORA":
@@ -277,6 +330,17 @@ def load_adapter(model: nnx.Module, directory: str | os.PathLike, *, seed: int =
             b = _take(tensors, f"{hf_module}.lora_B.weight", (layer.out_features, layer.r), source, f"{path} lora_B (out, r)")
             layer.lora_A[...] = np.asarray(a.T, layer.lora_A.dtype)
             layer.lora_B[...] = np.asarray(b.T, layer.lora_B.dtype)
+            if model.peft_config.use_dora:
+                m = _take(tensors, f"{hf_module}.lora_magnitude_vector", (layer.out_features,), source,
+                          f"{path} lora_magnitude_vector (out,)")
+                layer.lora_magnitude_vector[...] = np.asarray(m, layer.lora_magnitude_vector.dtype)
+    elif peft_type == "IA3":
+        for path, layer in ia3_layers(model).items():
+            hf_module, _ = _hf_module(path, family.table)
+            shape = (1, layer.in_features) if layer.is_feedforward else (layer.out_features, 1)
+            what = f"{path} ia3_l " + ("(1, in): feed-forward" if layer.is_feedforward else "(out, 1)")
+            vector = _take(tensors, f"{hf_module}.ia3_l", shape, source, what)
+            layer.ia3_l[...] = np.asarray(vector.reshape(-1), layer.ia3_l.dtype)
     else:
         encoder = base_model_of(model).prefix_encoder
         if prompt is None:

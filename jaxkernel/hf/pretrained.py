@@ -104,6 +104,8 @@ def _check_tied_lm_head(model, tensors, source) -> None:
 
 def _check_exportable(model: nnx.Module) -> None:
     """Refuse models whose weights a plain transformers directory cannot hold (never drop them)."""
+    from jaxkernel.peft.trainable import SavedModuleParam, TrainableParam
+
     for path, var in nnx.iter_graph(model):
         name = ".".join(str(p) for p in path)
         if isinstance(var, nnx.Variable) and not isinstance(var, (nnx.Param, nnx.RngState)):
@@ -111,10 +113,12 @@ def _check_exportable(model: nnx.Module) -> None:
                 f"{name} is a {type(var).__name__}, not a float parameter: export "
                 "jaxkernel.dequantize_model(model) to get float weights a transformers directory can hold"
             )
-        if isinstance(var, nnx.Param) and ("lora_" in name or "prefix_encoder" in name):
+        adapter_param = isinstance(var, TrainableParam) and not isinstance(var, SavedModuleParam)
+        if isinstance(var, nnx.Param) and (adapter_param or "lora_" in name or "prefix_encoder" in name):
             raise TypeError(
                 f"{name} belongs to a PEFT adapter: use jaxkernel.save_merged(model, dir) for a plain "
-                "transformers directory (LoRA folded in), or jaxkernel.save_adapter(model, dir) for a PEFT adapter"
+                "transformers directory (LoRA / DoRA / IA3 folded in), or jaxkernel.save_adapter(model, dir) for "
+                "a PEFT (or, for bottleneck adapters, AdapterHub) adapter"
             )
 
 

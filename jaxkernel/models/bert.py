@@ -113,14 +113,23 @@ class BertSelfAttention(nnx.Module):
         return out.reshape(out.shape[:-2] + (-1,))
 
 
+def _add_norm(block: nnx.Module, h: jax.Array, residual: jax.Array) -> jax.Array:
+    """``LayerNorm(h + residual)``, or the bottleneck adapter set on ``block.adapters`` (AdapterHub's
+    hook point: it gets the sub-layer output, the residual and the LayerNorm; ``jaxkernel.peft.bottleneck``)."""
+    if block.adapters is not None:
+        return block.adapters(h, residual, block.LayerNorm)
+    return block.LayerNorm(h + residual)
+
+
 class BertSelfOutput(nnx.Module):
     def __init__(self, config: BertConfig, *, rngs: nnx.Rngs):
         self.dense = _linear(config, config.hidden_size, config.hidden_size, ("heads", "embed"), rngs)
         self.LayerNorm = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = _dropout(config.hidden_dropout_prob, rngs)
+        self.adapters = nnx.data(None)  # see _add_norm
 
     def __call__(self, h, residual):
-        return self.LayerNorm(self.dropout(self.dense(h)) + residual)
+        return _add_norm(self, self.dropout(self.dense(h)), residual)
 
 
 class BertAttention(nnx.Module):
@@ -146,9 +155,10 @@ class BertOutput(nnx.Module):
         self.dense = _linear(config, config.intermediate_size, config.hidden_size, ("mlp", "embed"), rngs)
         self.LayerNorm = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = _dropout(config.hidden_dropout_prob, rngs)
+        self.adapters = nnx.data(None)  # see _add_norm
 
     def __call__(self, h, residual):
-        return self.LayerNorm(self.dropout(self.dense(h)) + residual)
+        return _add_norm(self, self.dropout(self.dense(h)), residual)
 
 
 class BertLayer(nnx.Module):

@@ -1,4 +1,5 @@
-"""Parameter-efficient fine-tuning: LoRA, prefix tuning, trainable-set selection.
+"""Parameter-efficient fine-tuning: LoRA (and DoRA), IA3, bottleneck adapters, prefix tuning,
+trainable-set selection.
 
 Example::
 
@@ -6,9 +7,13 @@ Example::
     apply_lora(model, LoraConfig(r=8, alpha=16, target_modules=["query", "value"]))
     optimizer = nnx.Optimizer(model, optax.adamw(1e-3), wrt=trainable_filter(model))
 
-PEFT-format import/export lives in ``jaxkernel.hf.peft_format``.
+PEFT-format import/export lives in ``jaxkernel.hf.peft_format``; AdapterHub's format for
+bottleneck adapters in ``jaxkernel.hf.adapterhub_format``.
 """
 
+from jaxkernel.peft.bottleneck import AdapterParam, BottleneckAdapter, BottleneckConfig, adapter_layers, apply_bottleneck
+from jaxkernel.peft.dora import DoraLinear
+from jaxkernel.peft.ia3 import Ia3Config, Ia3Linear, Ia3Param, apply_ia3, ia3_layers, merge_ia3, unmerge_ia3
 from jaxkernel.peft.lora import (
     LoraConfig,
     LoraLinear,
@@ -32,4 +37,6 @@ __all__ = [
     "LoraConfig", "LoraLinear", "LoraParam", "apply_lora", "lora_layers", "merge_and_unload", "merge_lora",
     "unmerge_lora", "PrefixConfig", "PrefixEncoder", "PrefixParam", "apply_prefix_tuning", "SavedModuleParam",
     "TrainableParam", "count_parameters", "print_trainable_parameters", "trainable_filter",
+    "AdapterParam", "BottleneckAdapter", "BottleneckConfig", "adapter_layers", "apply_bottleneck", "DoraLinear",
+    "Ia3Config", "Ia3Linear", "Ia3Param", "apply_ia3", "ia3_layers", "merge_ia3", "unmerge_ia3",
 ]

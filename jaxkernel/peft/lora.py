@@ -59,6 +59,8 @@ class LoraConfig:
         the task head for sequence/token classification and QA (PEFT's default
         for those task types), nothing otherwise. ``()``: nothing.
       use_rslora: scale = alpha / sqrt(r).
+      use_dora: weight-decomposed LoRA (``jaxkernel.peft.dora``): a learned magnitude per
+        output channel; needs float base weights.
     """
 
     r: int = 8
@@ -67,6 +69,7 @@ class LoraConfig:
     target_modules: Targets | None = None  # None: the family's default (PEFT's), e.g. BERT query/value
     modules_to_save: tuple[str, ...] | None = None
     use_rslora: bool = False
+    use_dora: bool = False
 
     def __post_init__(self):
         if not isinstance(self.r, int) or isinstance(self.r, bool) or self.r <= 0:
@@ -133,6 +136,13 @@ class LoraLinear(nnx.Module):
     def delta_kernel(self) -> jax.Array:
         """The (in, out) update ``scale * A @ B`` that merging adds to the base kernel."""
         return self.scale * jnp.einsum("ir,ro->io", self.lora_A[...], self.lora_B[...])
+
+    def merge_into(self, kernel: nnx.Variable) -> None:
+        """Fold this layer's update into the base ``kernel`` (a float (in, out) variable)."""
+        kernel[...] = (kernel[...] + self.delta_kernel()).astype(kernel.dtype)
+
+    def unmerge_from(self, kernel: nnx.Variable) -> None:
+        kernel[...] = (kernel[...] - self.delta_kernel()).astype(kernel.dtype)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         y = self.base_layer(x)
@@ -209,6 +219,13 @@ def apply_lora(model: nnx.Module, config, *, seed: int = 0) -> nnx.Module:
                 f"LoRA target {path!r} lies inside modules_to_save {saved}: a module is either LoRA-adapted or "
                 "trained in full; remove it from one of target_modules / modules_to_save"
             )
+    layer_class = LoraLinear
+    if config.use_dora:
+        from jaxkernel.peft.dora import DoraLinear, float_kernel_or_error
+
+        for path in targets:
+            float_kernel_or_error(get_module(model, path), path)
+        layer_class = DoraLinear
     rngs = nnx.Rngs(params=seed, dropout=seed + 1)
     for path in targets:
         base = get_module(model, path)
@@ -217,7 +234,7 @@ def apply_lora(model: nnx.Module, config, *, seed: int = 0) -> nnx.Module:
             param_dtype = jnp.float32
         set_module(
             model, path,
-            LoraLinear(base, r=config.r, scale=config.scale, dropout=config.dropout, param_dtype=param_dtype, rngs=rngs),
+            layer_class(base, r=config.r, scale=config.scale, dropout=config.dropout, param_dtype=param_dtype, rngs=rngs),
         )
     mark_modules_to_save(model, saved)
     model.peft_config = config
@@ -238,8 +255,7 @@ def merge_lora(model: nnx.Module) -> nnx.Module:
     """Fold every LoRA update into its base kernel, in place; outputs stay the same."""
     for path, layer in lora_layers(model).items():
         if not layer.merged:
-            kernel = _mergeable(path, layer)
-            kernel[...] = (kernel[...] + layer.delta_kernel()).astype(kernel.dtype)
+            layer.merge_into(_mergeable(path, layer))
             layer.merged = True
     return model
 
@@ -248,23 +264,24 @@ def unmerge_lora(model: nnx.Module) -> nnx.Module:
     """Undo ``merge_lora``: subtract each update from its base kernel, in place."""
     for path, layer in lora_layers(model).items():
         if layer.merged:
-            kernel = _mergeable(path, layer)
-            kernel[...] = (kernel[...] - layer.delta_kernel()).astype(kernel.dtype)
+            layer.unmerge_from(_mergeable(path, layer))
             layer.merged = False
     return model
 
 
 def merge_and_unload(model: nnx.Module) -> nnx.Module:
-    """Fold LoRA in and drop the wrappers, in place: a plain jaxkernel model again.
+    """Fold LoRA / DoRA / IA3 in and drop the wrappers, in place: a plain jaxkernel model again.
 
     ``modules_to_save`` parameters become plain ``nnx.Param`` and
     ``model.peft_config`` is removed, so ``jaxkernel.save_pretrained`` writes an
     ordinary Hugging Face directory.
 
     Raises:
-      ValueError: the model carries a prefix-tuning adapter, which no plain
-        checkpoint can hold.
+      ValueError: the model carries a prefix-tuning or bottleneck adapter, which
+        no plain checkpoint can hold.
     """
+    from jaxkernel.peft.bottleneck import BottleneckConfig
+    from jaxkernel.peft.ia3 import ia3_layers, merge_ia3
     from jaxkernel.peft.prefix import PrefixConfig
 
     if isinstance(getattr(model, "peft_config", None), PrefixConfig):
@@ -272,8 +289,15 @@ def merge_and_unload(model: nnx.Module) -> nnx.Module:
             "a prefix-tuning adapter cannot be folded into the model's weights; export it with "
             "jaxkernel.save_adapter (PEFT format) instead"
         )
+    if isinstance(getattr(model, "peft_config", None), BottleneckConfig):
+        raise ValueError(
+            "a bottleneck adapter cannot be merged into the model's weights (it adds a non-linear MLP to the "
+            "residual stream); export it with jaxkernel.save_adapter (AdapterHub format: adapter_config.json + "
+            "adapter.safetensors) and load it with adapters' model.load_adapter"
+        )
     merge_lora(model)
-    for path, layer in lora_layers(model).items():
+    merge_ia3(model)
+    for path, layer in {**lora_layers(model), **ia3_layers(model)}.items():
         set_module(model, path, layer.base_layer)
     unmark_trainable(model)
     if hasattr(model, "peft_config"):
