@@ -125,8 +125,14 @@ class DataConfig:
     columns: dict[str, str] = dataclasses.field(default_factory=dict)
     max_length: int = 128  # longest tokenized sequence; the LM block size
     doc_stride: Optional[int] = None  # QA: tokens of overlap between windows of a long context; None = truncate
-    buckets: Optional[tuple[int, ...]] = None  # padded lengths; default: powers of two from min_bucket up to max_length
-    min_bucket: int = 16  # smallest default bucket
+    # Padded lengths (one compiled program each); default: every multiple of bucket_multiple
+    # from min_bucket up to max_length (8, 16, 24, ..., 128).
+    buckets: Optional[tuple[int, ...]] = None
+    min_bucket: int = 8  # smallest default bucket
+    bucket_multiple: Optional[int] = 8  # step between default buckets; None = powers of two (8, 16, 32, 64, 128)
+    # Train batches are drawn from windows of this many batches sorted by length (transformers'
+    # group_by_length), so a batch pads little; 0 = plain shuffle. Eval and test are always sorted.
+    group_by_length: int = 50
     max_train_examples: Optional[int] = None  # keep only the first N train examples (quick runs, CI)
     max_eval_examples: Optional[int] = None  # keep only the first N examples of the eval and test splits
     add_eos: bool = False  # LM: append the EOS token after each document before packing
@@ -140,6 +146,10 @@ class DataConfig:
             raise ConfigError(
                 f"data.doc_stride={self.doc_stride} must be >= 0 and below half of data.max_length={self.max_length}"
             )
+        if self.bucket_multiple is not None and self.bucket_multiple < 1:
+            raise ConfigError(f"data.bucket_multiple={self.bucket_multiple} must be >= 1, or null for powers of two")
+        if self.group_by_length < 0:
+            raise ConfigError(f"data.group_by_length={self.group_by_length} must be >= 0 (0 = plain shuffle)")
         if self.buckets is not None:
             if not self.buckets or list(self.buckets) != sorted(set(self.buckets)) or self.buckets[0] < 1:
                 raise ConfigError(f"data.buckets={list(self.buckets)} must be positive, increasing, without repeats")

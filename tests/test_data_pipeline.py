@@ -24,14 +24,16 @@ def test_ner_preset_builds_offline(in_repo):
     assert data.labels == ("O", "B-LOC", "I-LOC", "B-ORG", "I-ORG", "B-PER", "I-PER")
     assert {role: len(f) for role, f in data.features.items()} == {"train": 256, "eval": 64, "test": 64}
     assert data.records["train"][0]["tokens"][:2] == ["R.H.", "Saunders"]
-    assert data.buckets == (16, 32, 64, 128)
+    assert data.buckets == tuple(range(8, 129, 8))  # data.min_bucket=8, data.bucket_multiple=8
     train = build_loader(data, config, "train", process_index=1, process_count=2)
     batch = next(iter(train))
     assert set(batch) == {"input_ids", "token_type_ids", "attention_mask", "labels", "index"}
     assert batch["input_ids"].shape[0] == 16 and batch["input_ids"].shape[1] in data.buckets
     assert len(train) == 256 // 32 and train.state_dict()["index"] == 1
     test = build_loader(data, config, "test")
-    assert [b["index"][0] for b in test] == [0, 32]  # eval/test keep file order
+    rows = np.concatenate([b["index"] for b in test])
+    assert sorted(rows[rows >= 0].tolist()) == list(range(64))  # eval/test: every feature once,
+    assert (np.diff(data.features["test"].lengths[rows[rows >= 0]]) <= 0).all()  # longest first (less padding)
 
 
 def test_labels_outside_the_configured_set_fail_clearly(in_repo):

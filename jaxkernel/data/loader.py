@@ -5,6 +5,14 @@ compiles one program per bucket (a handful), not one per batch. The order of epo
 is a permutation drawn from ``(seed, e)`` alone, so any batch can be rebuilt from
 ``(epoch, index)``: that pair is the loader's whole state, saved with each checkpoint.
 
+Length grouping (``group_by_length=k``, as ``transformers``' ``group_by_length``): the
+shuffled order is cut into windows of ``k`` batches, each window is sorted by length
+(longest first) and cut into batches, and the batches of the epoch are shuffled again,
+all from ``(seed, e)``. A batch then holds sentences of similar length and pads far less,
+while every example is still seen once per epoch in an order that varies by epoch. Without
+shuffling (eval, test) it sorts the whole split once: the order of rows does not change
+any metric, only how much padding is computed.
+
 Multi-host: every process holds the same features and builds the same *global* batch;
 process ``p`` of ``P`` keeps rows ``[p * B/P, (p + 1) * B/P)``. Bucket choice uses the
 global batch, so all processes agree on shapes, and the global batches do not depend
@@ -32,12 +40,19 @@ TARGETS = ("labels", "start_positions", "end_positions")  # batch keys the loss 
 _PAD_VALUES = {"input_ids": None, "token_type_ids": 0, "labels": IGNORE_INDEX}  # None = Features.pad_id
 
 
-def default_buckets(max_length: int, min_bucket: int = 16) -> tuple[int, ...]:
-    """Powers of two from ``min_bucket`` below ``max_length``, then ``max_length`` itself."""
+def default_buckets(max_length: int, min_bucket: int = 16, multiple: int | None = None) -> tuple[int, ...]:
+    """Bucket lengths below ``max_length``, then ``max_length`` itself.
+
+    ``multiple=None``: powers of two from ``min_bucket`` (16, 32, 64, 128). ``multiple=m``:
+    ``min_bucket`` rounded up to a multiple of m, then every multiple of m (m=16: 16, 32, 48,
+    ..., 128), which pads less at the price of more (but still few) compiled programs.
+    """
     buckets, size = [], max(1, min_bucket)
+    if multiple:
+        size = -(-size // multiple) * multiple
     while size < max_length:
         buckets.append(size)
-        size *= 2
+        size = size + multiple if multiple else size * 2
     return tuple(buckets) + (max_length,)
 
 
@@ -59,6 +74,8 @@ class DataLoader:
       drop_remainder: True drops the last partial batch (training: every batch full). False
         pads it to ``batch_size`` with rows whose ``index`` is -1 and whose labels are all -100.
       buckets: allowed padded lengths, increasing; default ``default_buckets(longest feature)``.
+      group_by_length: 0 = off; k > 0 = draw each batch from a window of k batches sorted by
+        length (see the module docstring); without ``shuffle`` any k > 0 sorts the whole split.
       process_index / process_count: this process's share of each global batch
         (``jax.process_index()`` / ``jax.process_count()``).
 
@@ -78,6 +95,7 @@ class DataLoader:
         seed: int = 0,
         drop_remainder: bool = True,
         buckets: tuple[int, ...] | None = None,
+        group_by_length: int = 0,
         process_index: int = 0,
         process_count: int = 1,
     ):
@@ -89,11 +107,14 @@ class DataLoader:
             raise DataError(f"process_index {process_index} is outside process_count {process_count}")
         if len(features) == 0:
             raise DataError("cannot batch an empty split")
+        if group_by_length < 0:
+            raise DataError(f"group_by_length={group_by_length} must be >= 0 (0 = off, k = windows of k batches)")
         self.features = features
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.seed = seed
         self.drop_remainder = drop_remainder
+        self.group_by_length = group_by_length
         self.process_index = process_index
         self.process_count = process_count
         self._lengths = features.lengths
@@ -107,17 +128,39 @@ class DataLoader:
             )
         self.epoch = 0
         self.index = 0
+        self._order_cache: tuple[int, np.ndarray] | None = None
 
     def __len__(self) -> int:
         """Batches per epoch."""
         return self.num_batches
 
     def order(self, epoch: int) -> np.ndarray:
-        """Feature indices of ``epoch`` in batch order."""
+        """Feature indices of ``epoch`` in batch order (a pure function of seed, epoch and settings)."""
+        if self._order_cache is None or self._order_cache[0] != epoch:
+            self._order_cache = (epoch, self._compute_order(epoch))
+        return self._order_cache[1]
+
+    def _compute_order(self, epoch: int) -> np.ndarray:
         n = len(self.features)
         if not self.shuffle:
-            return np.arange(n)
-        return np.random.default_rng([self.seed, epoch]).permutation(n)
+            order = np.arange(n)
+            if self.group_by_length:  # in order of decreasing length; ties keep feature order
+                order = order[np.argsort(-self._lengths, kind="stable")]
+            return order
+        rng = np.random.default_rng([self.seed, epoch])
+        order = rng.permutation(n)
+        if not self.group_by_length:
+            return order
+        window = self.group_by_length * self.batch_size
+        order = np.concatenate([
+            chunk[np.argsort(-self._lengths[chunk], kind="stable")]
+            for chunk in np.split(order, range(window, n, window))
+        ])
+        # Shuffle the full batches among themselves so that long and short batches alternate
+        # over the epoch instead of following the windows' sorted runs.
+        full = n // self.batch_size
+        batches = order[:full * self.batch_size].reshape(full, self.batch_size)[rng.permutation(full)]
+        return np.concatenate([batches.reshape(-1), order[full * self.batch_size:]])
 
     def global_indices(self, epoch: int, index: int) -> np.ndarray:
         """Feature rows of global batch ``index`` of ``epoch``; -1 marks padding rows."""
@@ -149,7 +192,7 @@ class DataLoader:
 
     def _fingerprint(self) -> dict:
         return {"num_examples": len(self.features), "batch_size": self.batch_size, "seed": self.seed,
-                "shuffle": self.shuffle}
+                "shuffle": self.shuffle, "group_by_length": self.group_by_length}
 
     def state_dict(self) -> dict[str, int | bool]:
         """``{"epoch", "index"}`` of the next batch, plus what they mean only for (the fingerprint)."""
@@ -163,7 +206,7 @@ class DataLoader:
             detail = ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in differ.items())
             raise DataError(
                 f"the saved data position belongs to another data setup ({detail}); resume with the same data, "
-                "batch size and seed, or start a new run directory"
+                "batch size, seed and data.group_by_length, or start a new run directory"
             )
         epoch, index = int(state["epoch"]), int(state["index"])
         if epoch < 0 or not 0 <= index <= self.num_batches:

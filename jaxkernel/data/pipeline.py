@@ -49,7 +49,8 @@ class TaskData:
 
 
 def run_buckets(config: Config) -> tuple[int, ...]:
-    return config.data.buckets or default_buckets(config.data.max_length, config.data.min_bucket)
+    d = config.data
+    return d.buckets or default_buckets(d.max_length, d.min_bucket, d.bucket_multiple)
 
 
 def resolve_labels(config: Config, records: Records) -> tuple[str, ...] | None:
@@ -92,8 +93,9 @@ def build_task_data(config: Config, *, tokenizer=None, roles=("train", "eval", "
 def build_loader(
     data: TaskData, config: Config, role: str, *, process_index: int = 0, process_count: int = 1
 ) -> DataLoader:
-    """The loader of one role: train shuffles by (train.seed, epoch) and drops the partial batch;
-    eval and test keep order and pad the last batch (rows with ``index`` -1).
+    """The loader of one role: train shuffles by (train.seed, epoch), grouped by length
+    (``data.group_by_length``), and drops the partial batch; eval and test are sorted by length
+    (less padding; metrics do not depend on the order) and pad the last batch (rows with ``index`` -1).
 
     ``train.batch_size`` is one micro-batch. The trainer builds its own train loader of
     ``k * train.batch_size`` rows (``optimizer.grad_accum_steps`` = k) and the jitted step splits
@@ -105,7 +107,8 @@ def build_loader(
     batch_size = config.train.batch_size if train else (config.eval.batch_size or config.train.batch_size)
     return DataLoader(
         data.features[role], batch_size, shuffle=train, seed=config.train.seed, drop_remainder=train,
-        buckets=data.buckets, process_index=process_index, process_count=process_count,
+        buckets=data.buckets, group_by_length=config.data.group_by_length if train else 1,
+        process_index=process_index, process_count=process_count,
     )
 
 

@@ -112,7 +112,7 @@ class Trainer:
         k = config.optimizer.grad_accum_steps
         self.train_loader = DataLoader(
             self.data.features["train"], config.train.batch_size * k, shuffle=True, seed=config.train.seed,
-            drop_remainder=True, buckets=self.data.buckets,
+            drop_remainder=True, buckets=self.data.buckets, group_by_length=config.data.group_by_length,
             process_index=jax.process_index(), process_count=jax.process_count(),
         ) if "train" in self.data.features and "train" in roles else None
         steps_per_epoch = len(self.train_loader) if self.train_loader else 1
