@@ -38,11 +38,12 @@ def add_convert(subparsers) -> None:
 
 
 from jaxkernel.quant.cli import add_quantize  # noqa: E402
+from jaxkernel.compress.cli import add_prune  # noqa: E402
 
 from jaxkernel.train.cli import add_train_verbs  # noqa: E402
 from jaxkernel.sharding.plan import add_plan  # noqa: E402
 
-VERBS = [add_train_verbs, add_convert, add_quantize, add_plan]
+VERBS = [add_train_verbs, add_convert, add_quantize, add_plan, add_prune]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -305,6 +305,95 @@ class LoggingConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class PruneConfig:
+    """Structured pruning, one-shot (``jaxkernel prune``): remove the least important attention heads
+    and FFN units, scored by loss gradients on dev batches (Michel et al. 2019), and export a smaller
+    HF model. Heads: BERT/RoBERTa only (HF ``pruned_heads``); other families prune FFN units only."""
+
+    # Heads to remove: a fraction in (0, 1) or a count (>= 1), per layer or in all (see scope); null = none.
+    heads: Optional[float] = None
+    # FFN units to remove from every layer (the same number everywhere: HF configs hold one
+    # intermediate_size): a fraction in (0, 1) or a count (>= 1); null = none.
+    ffn: Optional[float] = None
+    scope: Literal["layer", "global"] = "layer"  # heads: rank within each layer, or across all layers
+    batches: int = 8  # batches of the scored split whose gradients rank heads and units
+    split: Literal["eval", "train"] = "eval"  # the split scored (data.eval_split or data.train_split)
+    # Also write the pruned heads back as zeros (full-size attention, same outputs): for transformers
+    # >= 5, which no longer reads pruned_heads.
+    zero_heads: bool = False
+
+    def __post_init__(self):
+        for name in ("heads", "ffn"):
+            value = getattr(self, name)
+            if value is not None and not (0 <= value < 1 or float(value).is_integer()):
+                raise ConfigError(f"prune.{name}={value} must be a fraction in [0, 1) or a whole count")
+        if self.batches < 1:
+            raise ConfigError(f"prune.batches={self.batches} must be >= 1")
+
+
+@dataclasses.dataclass(frozen=True)
+class SparsityConfig:
+    """Magnitude sparsity during training: gradual unstructured pruning (Zhu & Gupta 2017) or 2:4
+    masks. Masks live in the optimizer state (checkpointed, resumed exactly); the export holds dense
+    tensors with zeros plus sparsity_report.json. Needs full fine-tuning (peft.method=none)."""
+
+    method: Literal["none", "magnitude"] = "none"  # none = dense training
+    # unstructured = any weights (the cubic schedule); 2:4 = 2 of every 4 consecutive input weights
+    # of each output (fractions below ignored)
+    pattern: Literal["unstructured", "2:4"] = "unstructured"
+    initial_sparsity: float = 0.0  # s_i: sparsity at begin_step
+    final_sparsity: float = 0.5  # s_f: sparsity from end_step on
+    begin_step: int = 0  # first optimizer step whose update is followed by pruning
+    end_step: Optional[int] = None  # last step the masks change; null = the run's last step
+    frequency: int = 100  # recompute masks every this many steps between begin_step and end_step
+    scope: Literal["layer", "global"] = "layer"  # one magnitude threshold per weight matrix, or one for all
+    # Modules to sparsify: names or one full-path regex (as peft.target_modules); null = every Linear in
+    # the transformer layers (embeddings, pooler and task head stay dense).
+    targets: Union[tuple[str, ...], str, None] = None
+
+    def __post_init__(self):
+        if not 0.0 <= self.initial_sparsity <= self.final_sparsity < 1.0:
+            raise ConfigError(
+                f"sparsity: need 0 <= initial_sparsity ({self.initial_sparsity}) <= final_sparsity "
+                f"({self.final_sparsity}) < 1"
+            )
+        if self.frequency < 1 or self.begin_step < 0:
+            raise ConfigError(f"sparsity.frequency={self.frequency} must be >= 1 and begin_step >= 0")
+        if self.end_step is not None and self.end_step < self.begin_step:
+            raise ConfigError(f"sparsity.end_step={self.end_step} is before begin_step={self.begin_step}")
+
+
+@dataclasses.dataclass(frozen=True)
+class DistillConfig:
+    """Knowledge distillation: the model being trained (the student, from model.path) learns from a
+    frozen teacher run inside the same jitted step. loss = alpha * T^2 * KL(teacher_T || student_T)
+    + (1 - alpha) * hard-label loss + hidden_weight * MSE(hidden states of mapped layers)."""
+
+    # The teacher: HF model directory, hub id or package:<module>/<dir>, with the same task and
+    # labels as the student; null = no distillation.
+    teacher: Optional[str] = None
+    # Build the student from model.path keeping only these layers (e.g. [0, 2, 4]); set model.path to
+    # the teacher's directory to cut the student from the teacher. null = model.path as it is.
+    student_layers: Optional[tuple[int, ...]] = None
+    temperature: float = 2.0  # T: softens both distributions; the KL term is scaled by T^2
+    alpha: float = 0.5  # weight of the distillation (KL) term; 1 - alpha weighs the hard-label loss
+    hidden_weight: float = 0.0  # weight of the hidden-state MSE; 0 = off (needs equal widths)
+    # Teacher layer matched by each student layer for the MSE; null = student_layers, else evenly spaced.
+    hidden_map: Optional[tuple[int, ...]] = None
+
+    def __post_init__(self):
+        if not 0.0 <= self.alpha <= 1.0 or self.temperature <= 0 or self.hidden_weight < 0:
+            raise ConfigError(
+                f"distill: need 0 <= alpha ({self.alpha}) <= 1, temperature ({self.temperature}) > 0, "
+                f"hidden_weight ({self.hidden_weight}) >= 0"
+            )
+        if self.student_layers is not None and (
+            not self.student_layers or list(self.student_layers) != sorted(set(self.student_layers))
+        ):
+            raise ConfigError(f"distill.student_layers={list(self.student_layers)} must be increasing layer numbers")
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     """A whole run. Build it with ``load_config``; every section has defaults."""
 
@@ -320,6 +409,9 @@ class Config:
     eval: EvalConfig = dataclasses.field(default_factory=EvalConfig)
     checkpoint: CheckpointConfig = dataclasses.field(default_factory=CheckpointConfig)
     logging: LoggingConfig = dataclasses.field(default_factory=LoggingConfig)
+    prune: PruneConfig = dataclasses.field(default_factory=PruneConfig)
+    sparsity: SparsityConfig = dataclasses.field(default_factory=SparsityConfig)
+    distill: DistillConfig = dataclasses.field(default_factory=DistillConfig)
 
     def __post_init__(self):
         if self.model.task == "causal-lm" and (self.model.labels or self.model.num_labels):

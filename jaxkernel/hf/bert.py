@@ -47,6 +47,8 @@ def bert_config_from_hf(hf: dict, overrides: dict) -> BertConfig:
     values = {name: hf[name] for name in _ARCH_FIELDS if name in hf and hf[name] is not None}
     if "pad_token_id" not in values:
         values["pad_token_id"] = 0
+    if "pruned_heads" in values:
+        values["pruned_heads"] = _pruned_heads_from_hf(values["pruned_heads"], source)
     values.update(overrides)
     return BertConfig(**values, num_labels=num_labels, labels=labels)
 
@@ -55,7 +57,17 @@ def bert_config_to_hf(config: BertConfig) -> dict:
     hf = {name: getattr(config, name) for name in _ARCH_FIELDS}
     hf.update(model_type="bert", position_embedding_type="absolute", num_labels=config.num_labels)
     hf.update(labels_to_hf(config.num_labels, config.labels))
+    hf.pop("pruned_heads", None)
+    if config.pruned_heads:  # HF's format: {"layer": [heads]} (transformers < 5 builds the smaller layers from it)
+        hf["pruned_heads"] = {str(layer): sorted(heads) for layer, heads in config.pruned_heads}
     return hf
+
+
+def _pruned_heads_from_hf(value, source: str) -> tuple:
+    """config.json ``pruned_heads`` ({"0": [1, 3]}) -> BertConfig's ((0, (1, 3)),)."""
+    if not isinstance(value, dict):
+        raise ValueError(f"{source}: pruned_heads must map layer -> list of heads, got {value!r}")
+    return tuple(sorted((int(layer), tuple(sorted(int(h) for h in heads))) for layer, heads in value.items() if heads))
 
 
 def bert_dims(c: BertConfig) -> ModelDims:

@@ -45,6 +45,9 @@ class BertConfig:
     num_labels: int = 2
     labels: tuple[str, ...] | None = None  # label names, index = class id
     dtype: str | None = None  # compute dtype, e.g. "bfloat16"; params stay float32
+    # Heads removed by structured pruning (jaxkernel.compress.prune), HF's ``pruned_heads`` as
+    # ((layer, (head, ...)), ...) in original head numbers: that layer's attention is smaller.
+    pruned_heads: tuple[tuple[int, tuple[int, ...]], ...] = ()
 
     def __post_init__(self):
         if self.hidden_size % self.num_attention_heads:
@@ -56,10 +59,23 @@ class BertConfig:
             raise ValueError(f"hidden_act {self.hidden_act!r} is not supported; use one of {sorted(ACTIVATIONS)}")
         if self.labels is not None and len(self.labels) != self.num_labels:
             raise ValueError(f"{len(self.labels)} label names given for num_labels={self.num_labels}")
+        for layer, heads in self.pruned_heads:
+            if not 0 <= layer < self.num_hidden_layers or not set(heads) <= set(range(self.num_attention_heads)):
+                raise ValueError(
+                    f"pruned_heads names layer {layer} heads {list(heads)}; layers are 0..{self.num_hidden_layers - 1} "
+                    f"and heads 0..{self.num_attention_heads - 1}"
+                )
+            if len(set(heads)) >= self.num_attention_heads:
+                raise ValueError(f"pruned_heads removes every head of layer {layer}: keep at least one")
 
     @property
     def head_dim(self) -> int:
         return self.hidden_size // self.num_attention_heads
+
+    def heads_in_layer(self, layer: int) -> int:
+        """Attention heads layer ``layer`` keeps after ``pruned_heads``."""
+        removed = dict(self.pruned_heads).get(layer, ())
+        return self.num_attention_heads - len(set(removed))
 
     @property
     def compute_dtype(self):
@@ -96,12 +112,12 @@ class BertEmbeddings(nnx.Module):
 
 
 class BertSelfAttention(nnx.Module):
-    def __init__(self, config: BertConfig, *, rngs: nnx.Rngs):
-        self.num_heads = config.num_attention_heads
-        d = config.hidden_size
-        self.query = _linear(config, d, d, ("embed", "heads"), rngs)
-        self.key = _linear(config, d, d, ("embed", "heads"), rngs)
-        self.value = _linear(config, d, d, ("embed", "heads"), rngs)
+    def __init__(self, config: BertConfig, *, num_heads: int | None = None, rngs: nnx.Rngs):
+        self.num_heads = config.num_attention_heads if num_heads is None else num_heads  # fewer once pruned
+        d, inner = config.hidden_size, self.num_heads * config.head_dim
+        self.query = _linear(config, d, inner, ("embed", "heads"), rngs)
+        self.key = _linear(config, d, inner, ("embed", "heads"), rngs)
+        self.value = _linear(config, d, inner, ("embed", "heads"), rngs)
         self.dropout = _dropout(config.attention_probs_dropout_prob, rngs)
 
     def __call__(self, x, mask, prefix_kv=None):
@@ -122,8 +138,9 @@ def _add_norm(block: nnx.Module, h: jax.Array, residual: jax.Array) -> jax.Array
 
 
 class BertSelfOutput(nnx.Module):
-    def __init__(self, config: BertConfig, *, rngs: nnx.Rngs):
-        self.dense = _linear(config, config.hidden_size, config.hidden_size, ("heads", "embed"), rngs)
+    def __init__(self, config: BertConfig, *, num_heads: int | None = None, rngs: nnx.Rngs):
+        inner = (config.num_attention_heads if num_heads is None else num_heads) * config.head_dim
+        self.dense = _linear(config, inner, config.hidden_size, ("heads", "embed"), rngs)
         self.LayerNorm = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = _dropout(config.hidden_dropout_prob, rngs)
         self.adapters = nnx.data(None)  # see _add_norm
@@ -133,9 +150,10 @@ class BertSelfOutput(nnx.Module):
 
 
 class BertAttention(nnx.Module):
-    def __init__(self, config: BertConfig, *, rngs: nnx.Rngs):
-        self.self = BertSelfAttention(config, rngs=rngs)
-        self.output = BertSelfOutput(config, rngs=rngs)
+    def __init__(self, config: BertConfig, *, layer_index: int = 0, rngs: nnx.Rngs):
+        heads = config.heads_in_layer(layer_index)
+        self.self = BertSelfAttention(config, num_heads=heads, rngs=rngs)
+        self.output = BertSelfOutput(config, num_heads=heads, rngs=rngs)
 
     def __call__(self, x, mask, prefix_kv=None):
         return self.output(self.self(x, mask, prefix_kv), x)
@@ -162,8 +180,8 @@ class BertOutput(nnx.Module):
 
 
 class BertLayer(nnx.Module):
-    def __init__(self, config: BertConfig, *, rngs: nnx.Rngs):
-        self.attention = BertAttention(config, rngs=rngs)
+    def __init__(self, config: BertConfig, *, layer_index: int = 0, rngs: nnx.Rngs):
+        self.attention = BertAttention(config, layer_index=layer_index, rngs=rngs)
         self.intermediate = BertIntermediate(config, rngs=rngs)
         self.output = BertOutput(config, rngs=rngs)
 
@@ -174,7 +192,7 @@ class BertLayer(nnx.Module):
 
 class BertEncoder(nnx.Module):
     def __init__(self, config: BertConfig, *, rngs: nnx.Rngs):
-        self.layer = nnx.List([BertLayer(config, rngs=rngs) for _ in range(config.num_hidden_layers)])
+        self.layer = nnx.List([BertLayer(config, layer_index=i, rngs=rngs) for i in range(config.num_hidden_layers)])
         self.remat = False  # set by the trainer (train.remat): recompute layer activations in backward
 
     def __call__(self, x, mask, prefix_kv=None):

@@ -172,9 +172,33 @@ def constrain(x: jax.Array, logical_axes: Axes) -> jax.Array:
     return x if fn is None else fn(x, logical_axes)
 
 
+# Set by ``capture_layer_outputs``: a list that ``run_layer`` appends each layer's output to
+# (distillation's hidden-state loss reads them; models need no output_hidden_states flag).
+_LAYER_OUTPUTS: contextvars.ContextVar = contextvars.ContextVar("jaxkernel_layer_outputs", default=None)
+
+
+@contextlib.contextmanager
+def capture_layer_outputs() -> Iterator[list]:
+    """Collect the hidden state (B, T, D) every transformer layer outputs while tracing, in order."""
+    outputs: list = []
+    token = _LAYER_OUTPUTS.set(outputs)
+    try:
+        yield outputs
+    finally:
+        _LAYER_OUTPUTS.reset(token)
+
+
 def run_layer(layer: nnx.Module, *args, remat: bool = False):
     """Call one transformer layer; with ``remat`` its activations are recomputed in the
     backward pass instead of stored (``jax.checkpoint``): less memory, ~1/3 more compute."""
+    out = _run_layer(layer, *args, remat=remat)
+    sink = _LAYER_OUTPUTS.get()
+    if sink is not None:
+        sink.append(out[0] if isinstance(out, tuple) else out)  # decoders return (hidden, cache)
+    return out
+
+
+def _run_layer(layer: nnx.Module, *args, remat: bool = False):
     if not remat:
         return layer(*args)
     # A pure function of the layer's state: RNG-counter updates inside are dropped, which is

@@ -35,6 +35,10 @@ def build_model(config: Config, labels: tuple[str, ...] | None = None) -> nnx.Mo
         seed=config.train.seed,
         revision=m.revision,
     )
+    if config.distill.teacher is not None:  # jaxkernel.compress.distill: (cut) student + frozen teacher
+        from jaxkernel.compress.distill import attach_teacher, student_from_config
+
+        return attach_teacher(adapt_model(student_from_config(model, config), config), config, labels)
     return adapt_model(model, config)
 
 
@@ -95,12 +99,22 @@ def decay_mask(params):
     return jax.tree.map(lambda x: jnp.ndim(x) >= 2, params)
 
 
-def build_optimizer(config: Config, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """AdamW (decoupled decay, no-decay mask) after global-norm clipping."""
+def build_optimizer(
+    config: Config, total_steps: int, model: nnx.Module | None = None
+) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """AdamW (decoupled decay, no-decay mask) after global-norm clipping; then, with a ``sparsity``
+    section, magnitude pruning of ``model``'s kernels (its masks live in the optimizer state)."""
     o = config.optimizer
     schedule = build_schedule(config, total_steps)
     adamw = optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay, mask=decay_mask)
     chain = [optax.clip_by_global_norm(o.max_grad_norm)] if o.max_grad_norm else []
+    if config.sparsity.method != "none":
+        from jaxkernel.compress.sparsity import from_config
+
+        if model is None or config.peft.method != "none" or config.quant.method != "none":
+            raise ConfigError("sparsity prunes trained float weights: it needs the model, peft.method=none and "
+                              "quant.method=none")
+        return optax.chain(*chain, adamw, from_config(model, config.sparsity, total_steps)), schedule  # last
     return optax.chain(*chain, adamw), schedule
 
 

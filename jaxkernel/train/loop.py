@@ -45,7 +45,8 @@ from jaxkernel.train.step import init_train_state, make_eval_step, make_train_st
 
 log = logging.getLogger(__name__)
 # Fields that must match for a run directory to be resumed by this config.
-IDENTITY_FIELDS = ("model", "peft", "quant", "data.source", "data.max_length", "train.batch_size", "train.seed")
+IDENTITY_FIELDS = ("model", "peft", "quant", "data.source", "data.max_length", "train.batch_size", "train.seed",
+                   "sparsity", "distill")
 FAULT_ENV = "JAXKERNEL_FAULT"  # test hook: "kill_after_save:N" / "kill_during_save:N" SIGKILLs the process
 
 
@@ -117,14 +118,14 @@ class Trainer:
         ) if "train" in self.data.features and "train" in roles else None
         steps_per_epoch = len(self.train_loader) if self.train_loader else 1
         self.total_steps = config.train.steps or config.train.epochs * steps_per_epoch
-        self.tx, self.schedule = build_optimizer(config, self.total_steps)
+        self.tx, self.schedule = build_optimizer(config, self.total_steps, self.model)
         from jaxkernel.peft import trainable_filter
 
         self.model_def, self.state = init_train_state(
             self.model, self.tx, trainable=trainable_filter(self.model), seed=config.train.seed,
             mesh=self.mesh, rules=self.rules,
         )
-        self.train_step = make_train_step(self.model_def, self.tx, microbatches=k)
+        self.train_step = make_train_step(self.model_def, self.tx, microbatches=k, loss_fn=self._loss_fn())
         self.eval_step = make_eval_step(self.model_def)
         self.checkpointer = Checkpointer(
             self.run_dir / "checkpoints", keep_last=config.checkpoint.keep_last,
@@ -385,6 +386,14 @@ class Trainer:
         patience = self.config.train.early_stopping_patience
         return patience is not None and self.evals_without_improvement >= patience
 
+    def _loss_fn(self):
+        """The task loss (None), or distillation's when the config has a ``distill.teacher``."""
+        if self.config.distill.teacher is None:
+            return None
+        from jaxkernel.compress.distill import loss_from_config
+
+        return loss_from_config(self.config)
+
     def export(self, directory: str | os.PathLike, *, merged: bool = True) -> Path:
         """Write a ``transformers`` directory (merged) or a PEFT adapter directory."""
         from jaxkernel.hf.peft_format import save_adapter, save_merged
@@ -393,7 +402,9 @@ class Trainer:
         from jaxkernel.peft.trainable import has_trainable_params
         from jaxkernel.quant.transform import dequantize_model, quantized_paths
 
-        model = self.model_for_inference()
+        from jaxkernel.compress.distill import unwrap_student
+
+        model = unwrap_student(self.model_for_inference())  # a distillation run exports its student
         directory = Path(directory)
         if has_trainable_params(model) and not merged:
             save_adapter(model, directory, base_model_name_or_path=resolve_path(self.config.model.path))
@@ -407,4 +418,8 @@ class Trainer:
             save_pretrained(model, directory)
         if self.is_main:
             self.data.tokenizer.save_pretrained(str(directory))
+            if self.config.sparsity.method != "none":  # dense tensors with zeros + where the zeros are
+                from jaxkernel.compress.sparsity import write_sparsity_report
+
+                write_sparsity_report(model, directory, self.config.sparsity.targets)
         return directory
