@@ -32,10 +32,14 @@ BERT_TABLE = [
 # Buffers and tied copies found in HF BERT checkpoints.
 BERT_IGNORE = (r"embeddings\.position_ids$", r"cls\.predictions\.decoder\.(weight|bias)$")
 
-_ARCH_FIELDS = [f.name for f in dataclasses.fields(BertConfig) if f.name not in ("num_labels", "labels", "dtype")]
+
+def _arch_fields(config_class: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(config_class) if f.name not in ("num_labels", "labels", "dtype", "model_type")]
 
 
-def bert_config_from_hf(hf: dict, overrides: dict) -> BertConfig:
+def bert_config_from_hf(hf: dict, overrides: dict, *, config_class: type = BertConfig) -> BertConfig:
+    """``config_class`` (BertConfig or a subclass, e.g. RobertaConfig) from a config.json dict;
+    keys the file lacks take the class defaults."""
     source = overrides.pop("source", "config.json")
     reject_values(
         hf, source,
@@ -44,18 +48,17 @@ def bert_config_from_hf(hf: dict, overrides: dict) -> BertConfig:
     if hf.get("hidden_act") not in ACTIVATIONS:
         raise ValueError(f"{source}: hidden_act={hf.get('hidden_act')!r} is not supported; use one of {sorted(ACTIVATIONS)}")
     num_labels, labels = labels_from_hf(hf, overrides.pop("num_labels", None), overrides.pop("labels", None))
-    values = {name: hf[name] for name in _ARCH_FIELDS if name in hf and hf[name] is not None}
-    if "pad_token_id" not in values:
-        values["pad_token_id"] = 0
+    values = {name: hf[name] for name in _arch_fields(config_class) if name in hf and hf[name] is not None}
     if "pruned_heads" in values:
         values["pruned_heads"] = _pruned_heads_from_hf(values["pruned_heads"], source)
     values.update(overrides)
-    return BertConfig(**values, num_labels=num_labels, labels=labels)
+    return config_class(**values, num_labels=num_labels, labels=labels)
 
 
 def bert_config_to_hf(config: BertConfig) -> dict:
-    hf = {name: getattr(config, name) for name in _ARCH_FIELDS}
-    hf.update(model_type="bert", position_embedding_type="absolute", num_labels=config.num_labels)
+    hf = {name: getattr(config, name) for name in _arch_fields(type(config))}
+    model_type = getattr(config, "model_type", "bert")
+    hf.update(model_type=model_type, position_embedding_type="absolute", num_labels=config.num_labels)
     hf.update(labels_to_hf(config.num_labels, config.labels))
     hf.pop("pruned_heads", None)
     if config.pruned_heads:  # HF's format: {"layer": [heads]} (transformers < 5 builds the smaller layers from it)

@@ -105,9 +105,22 @@ def _saved_module_tensors(model: nnx.Module, table: list[Rule]) -> dict[str, np.
 
 
 def _saved_module_names(model: nnx.Module) -> list[str]:
-    """Outermost modules whose params are SavedModuleParam, as paths (PEFT's modules_to_save)."""
-    owners = sorted({path.rsplit(".", 1)[0] for path, var in param_paths(model).items() if isinstance(var, SavedModuleParam)})
-    return [p for p in owners if not any(p != q and p.startswith(q + ".") for q in owners)]
+    """Outermost modules all of whose params are SavedModuleParam, as paths (PEFT's modules_to_save).
+
+    Climbing to the outermost whole module matters for nested heads (RoBERTa's ``classifier.dense`` /
+    ``classifier.out_proj``): PEFT must get ``classifier``, not its children, or it wraps twice.
+    """
+    params = param_paths(model)
+    saved = {path for path, var in params.items() if isinstance(var, SavedModuleParam)}
+    owners = set()
+    for path in saved:
+        parts = path.split(".")[:-1]
+        for i in range(1, len(parts) + 1):
+            module = ".".join(parts[:i])
+            if all(p in saved for p in params if p.startswith(module + ".")):
+                owners.add(module)
+                break
+    return sorted(owners)
 
 
 def save_adapter(model: nnx.Module, directory: str | os.PathLike, *, base_model_name_or_path: str | None = None) -> Path:

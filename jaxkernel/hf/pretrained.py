@@ -85,9 +85,11 @@ def load_tensors(model: nnx.Module, tensors: dict[str, np.ndarray], *, source: s
     family = family_of(model)
     tensors = _normalise_prefix(model, family, tensors)
     _check_tied_lm_head(model, tensors, source)
+    # A pooler may be missing (checkpoints saved from an MLM head): fresh, as HF does, also on a bare model.
+    pooler = f"{family.base_prefix}.pooler." if hasattr(model, family.base_prefix) else "pooler."
     report = import_tensors(
         model, tensors, family.table, source=source,
-        may_initialize=getattr(model, "head_modules", ()) + (f"{family.base_prefix}.pooler.",),
+        may_initialize=getattr(model, "head_modules", ()) + (pooler,),
         ignore=family.ignore,
     )
     if report.initialized:

@@ -231,8 +231,8 @@ class BertModel(nnx.Module):
           input_ids: (B, T) token ids.
           attention_mask: (B, T), 1 for real tokens, 0 for padding. Default all ones.
           token_type_ids: (B, T) segment ids. Default zeros.
-          position_ids: (B, T). Default P..P+T-1, P = prefix length (0 without
-            prefix), as HF does for prefix keys/values passed as a cache.
+          position_ids: (B, T). Default ``default_position_ids``: P..P+T-1, P = prefix
+            length (0 without prefix), as HF does for prefix keys/values passed as a cache.
           prefix_kv: optional per-layer list of (keys, values), each (B, P, N, H).
             Default: from ``self.prefix_encoder`` when prefix tuning is applied.
 
@@ -248,57 +248,90 @@ class BertModel(nnx.Module):
         if token_type_ids is None:
             token_type_ids = jnp.zeros((batch, length), jnp.int32)
         if position_ids is None:
-            if num_prefix and num_prefix + length > self.config.max_position_embeddings:
+            if num_prefix and num_prefix + length > self.num_positions():
+                usable = self.num_positions()
                 raise ValueError(
                     f"{length} tokens after a prefix of {num_prefix} exceed max_position_embeddings="
-                    f"{self.config.max_position_embeddings}: truncate the input or shorten the prefix"
+                    f"{self.config.max_position_embeddings}"
+                    + (f" ({usable} usable)" if usable != self.config.max_position_embeddings else "")
+                    + ": truncate the input or shorten the prefix"
                 )
-            position_ids = jnp.broadcast_to(jnp.arange(length) + num_prefix, (batch, length))
+            position_ids = self.default_position_ids(input_ids, num_prefix)
         x = self.embeddings(input_ids, token_type_ids, position_ids)
         hidden = self.encoder(x, padding_mask(attention_mask), prefix_kv)
         pooled = self.pooler(hidden) if self.pooler is not None else None
         return EncoderOutput(hidden, pooled)
+
+    def default_position_ids(self, input_ids: jax.Array, num_prefix: int) -> jax.Array:
+        """Positions when none are given: P..P+T-1 (P = prefix length), as HF BERT numbers them.
+
+        Encoders with another scheme (RoBERTa) override this and ``num_positions``.
+        """
+        return jnp.broadcast_to(jnp.arange(input_ids.shape[1]) + num_prefix, input_ids.shape)
+
+    def num_positions(self) -> int:
+        """How many (prefix + real) tokens ``default_position_ids`` can number."""
+        return self.config.max_position_embeddings
+
+
+class BertTaskModel(nnx.Module):
+    """Base of the task heads: the bare encoder is held at ``base_prefix`` (HF's ``base_model_prefix``).
+
+    Encoders that share BERT's heads (RoBERTa) subclass a head and set ``base_prefix``
+    (``"roberta"``) and ``base_class`` (their bare model).
+    """
+
+    base_prefix = "bert"
+    base_class = BertModel
+
+    def _init_base(self, config: BertConfig, rngs: nnx.Rngs, *, add_pooling_layer: bool = False) -> None:
+        self.config = config
+        setattr(self, self.base_prefix, self.base_class(config, add_pooling_layer=add_pooling_layer, rngs=rngs))
+
+    def base(self) -> BertModel:
+        return getattr(self, self.base_prefix)
+
+    def encode(self, input_ids, attention_mask, token_type_ids, position_ids, prefix_kv) -> EncoderOutput:
+        return self.base()(input_ids, attention_mask, token_type_ids, position_ids, prefix_kv)
 
 
 def _classifier_dropout(config: BertConfig) -> float:
     return config.hidden_dropout_prob if config.classifier_dropout is None else config.classifier_dropout
 
 
-class BertForSequenceClassification(nnx.Module):
+class BertForSequenceClassification(BertTaskModel):
     """[CLS] pooled output -> dropout -> linear: logits (B, num_labels)."""
 
     task = "sequence-classification"
     head_modules = ("classifier",)
 
     def __init__(self, config: BertConfig, *, rngs: nnx.Rngs):
-        self.config = config
-        self.bert = BertModel(config, add_pooling_layer=True, rngs=rngs)
+        self._init_base(config, rngs, add_pooling_layer=True)
         self.dropout = _dropout(_classifier_dropout(config), rngs)
         self.classifier = _linear(config, config.hidden_size, config.num_labels, ("embed", None), rngs)
 
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, prefix_kv=None):
-        out = self.bert(input_ids, attention_mask, token_type_ids, position_ids, prefix_kv)
+        out = self.encode(input_ids, attention_mask, token_type_ids, position_ids, prefix_kv)
         return self.classifier(self.dropout(out.pooler_output))
 
 
-class BertForTokenClassification(nnx.Module):
+class BertForTokenClassification(BertTaskModel):
     """Per-token logits (B, T, num_labels), e.g. NER tags."""
 
     task = "token-classification"
     head_modules = ("classifier",)
 
     def __init__(self, config: BertConfig, *, rngs: nnx.Rngs):
-        self.config = config
-        self.bert = BertModel(config, add_pooling_layer=False, rngs=rngs)
+        self._init_base(config, rngs)
         self.dropout = _dropout(_classifier_dropout(config), rngs)
         self.classifier = _linear(config, config.hidden_size, config.num_labels, ("embed", None), rngs)
 
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, prefix_kv=None):
-        out = self.bert(input_ids, attention_mask, token_type_ids, position_ids, prefix_kv)
+        out = self.encode(input_ids, attention_mask, token_type_ids, position_ids, prefix_kv)
         return self.classifier(self.dropout(out.last_hidden_state))
 
 
-class BertForQuestionAnswering(nnx.Module):
+class BertForQuestionAnswering(BertTaskModel):
     """Extractive QA: returns (start_logits, end_logits), each (B, T)."""
 
     task = "question-answering"
@@ -307,12 +340,11 @@ class BertForQuestionAnswering(nnx.Module):
     def __init__(self, config: BertConfig, *, rngs: nnx.Rngs):
         if config.num_labels != 2:
             raise ValueError(f"question answering predicts start and end: num_labels must be 2, got {config.num_labels}")
-        self.config = config
-        self.bert = BertModel(config, add_pooling_layer=False, rngs=rngs)
+        self._init_base(config, rngs)
         self.qa_outputs = _linear(config, config.hidden_size, 2, ("embed", None), rngs)
 
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, prefix_kv=None):
-        out = self.bert(input_ids, attention_mask, token_type_ids, position_ids, prefix_kv)
+        out = self.encode(input_ids, attention_mask, token_type_ids, position_ids, prefix_kv)
         logits = self.qa_outputs(out.last_hidden_state)
         return logits[..., 0], logits[..., 1]
 
@@ -343,20 +375,19 @@ class BertOnlyMLMHead(nnx.Module):
         self.predictions = BertLMPredictionHead(config, rngs=rngs)
 
 
-class BertForMaskedLM(nnx.Module):
+class BertForMaskedLM(BertTaskModel):
     """Masked-LM logits (B, T, V); decoder weights tied to ``word_embeddings``."""
 
     task = "masked-lm"
     head_modules = ("cls",)
 
     def __init__(self, config: BertConfig, *, rngs: nnx.Rngs):
-        self.config = config
-        self.bert = BertModel(config, add_pooling_layer=False, rngs=rngs)
+        self._init_base(config, rngs)
         self.cls = BertOnlyMLMHead(config, rngs=rngs)
 
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, prefix_kv=None):
-        out = self.bert(input_ids, attention_mask, token_type_ids, position_ids, prefix_kv)
-        return self.cls.predictions(out.last_hidden_state, self.bert.embeddings.word_embeddings)
+        out = self.encode(input_ids, attention_mask, token_type_ids, position_ids, prefix_kv)
+        return self.cls.predictions(out.last_hidden_state, self.base().embeddings.word_embeddings)
 
 
 BERT_TASKS: dict[str, type[nnx.Module]] = {
