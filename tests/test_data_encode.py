@@ -180,3 +180,15 @@ def test_lm_packing_on_tiny_shakespeare(shared_data, gpt2_tokenizer):
     assert 50256 in np.concatenate(with_eos.sequences["input_ids"])
     with pytest.raises(DataError, match="fewer than one block of data.max_length=4096"):
         encode_causal_lm(records[:2], gpt2_tokenizer, block_size=4096)
+
+
+def test_byte_level_tokenizer_gets_a_prefix_space_for_split_words(shared_data):
+    """RoBERTa/GPT-2 BPE: a pre-split word must be encoded as it appears mid-sentence (" world")."""
+    from jaxkernel.data.encode import load_tokenizer
+
+    directory = str(shared_data / "gpt2-tokenizer")
+    split = load_tokenizer(directory, split_words=True)
+    plain = load_tokenizer(directory)
+    ids = split(["Hello", "world"], is_split_into_words=True)["input_ids"]
+    assert ids == plain(" Hello world")["input_ids"] == [18435, 995]
+    assert plain("Hello world")["input_ids"] == [15496, 995]

@@ -61,11 +61,14 @@ class Features:
         return "labels" in self.sequences or "labels" in self.scalars or "start_positions" in self.scalars
 
 
-def load_tokenizer(path_or_id: str):
+def load_tokenizer(path_or_id: str, *, split_words: bool = False):
     """A fast tokenizer from a model directory (tokenizer.json / vocab files) or a hub id.
 
     A directory holding only GPT-2's ``vocab.json`` + ``merges.txt`` (no tokenizer.json)
-    is read with ``GPT2TokenizerFast``.
+    is read with ``GPT2TokenizerFast``. With ``split_words`` (NER: pre-split words), a
+    byte-level BPE tokenizer (RoBERTa, GPT-2) gets ``add_prefix_space=True`` as HF's
+    token-classification recipe does; otherwise every word would be encoded as if it
+    began the sentence (no leading space), which changes its tokens.
     """
     import transformers
 
@@ -74,9 +77,12 @@ def load_tokenizer(path_or_id: str):
         has = {name for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt")
                if (path / name).is_file()}
         if has == {"vocab.json", "merges.txt"}:
-            tokenizer = transformers.GPT2TokenizerFast(vocab=str(path / "vocab.json"), merges=str(path / "merges.txt"))
+            tokenizer = transformers.GPT2TokenizerFast(vocab=str(path / "vocab.json"), merges=str(path / "merges.txt"),
+                                                       add_prefix_space=split_words)
         else:
             tokenizer = transformers.AutoTokenizer.from_pretrained(str(path))
+            if split_words and getattr(tokenizer, "add_prefix_space", None) is False:
+                tokenizer = transformers.AutoTokenizer.from_pretrained(str(path), add_prefix_space=True)
     except Exception as err:  # missing files, hub offline: say which and how to fix
         raise DataError(
             f"could not load a tokenizer from {path_or_id!r} ({type(err).__name__}: {err}); point model.tokenizer "

@@ -83,7 +83,8 @@ def build_task_data(config: Config, *, tokenizer=None, roles=("train", "eval", "
     records = load_records(config.data, config.model.task, roles)
     labels = resolve_labels(config, records)
     if tokenizer is None:
-        tokenizer = load_tokenizer(config.model.tokenizer or config.model.path)
+        tokenizer = load_tokenizer(config.model.tokenizer or config.model.path,
+                                   split_words=config.model.task == "token-classification")
     kept = {role: recs for role, recs in records.splits.items() if role in roles}
     features = {role: encode(recs, config.model.task, tokenizer, labels, config.data, config.task)
                 for role, recs in kept.items()}
