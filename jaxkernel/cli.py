@@ -18,10 +18,15 @@ import jaxkernel
 
 def _run_convert(args: argparse.Namespace) -> int:
     from jaxkernel.hf.pretrained import from_pretrained, save_pretrained
+    from jaxkernel.hf.verify import export_verification, summary
+    from jaxkernel.train.cli import check_out_dir
 
+    check_out_dir(args.out, {"source model directory": args.src})
     model = from_pretrained(args.src, task=args.task)
-    out = save_pretrained(model, args.out, tokenizer_from=args.src, max_shard_size=args.max_shard_size)
+    with export_verification(enabled=not args.no_verify, torch=not args.no_verify, source={"model": str(args.src)}):
+        out = save_pretrained(model, args.out, tokenizer_from=args.src, max_shard_size=args.max_shard_size)
     print(f"wrote {type(model).__name__} ({model.task}) to {out}")
+    print(summary(out))
     return 0
 
 
@@ -34,13 +39,14 @@ def add_convert(subparsers) -> None:
     p.add_argument("out", help="output directory")
     p.add_argument("--task", default=None, help="model head (default: from config.json architectures)")
     p.add_argument("--max-shard-size", default="5GB", help="split weights into shards past this size")
+    add_no_verify(p)
     p.set_defaults(func=_run_convert)
 
 
 from jaxkernel.quant.cli import add_quantize  # noqa: E402
 from jaxkernel.compress.cli import add_prune  # noqa: E402
 
-from jaxkernel.train.cli import add_train_verbs  # noqa: E402
+from jaxkernel.train.cli import add_no_verify, add_train_verbs  # noqa: E402
 from jaxkernel.sharding.plan import add_plan  # noqa: E402
 
 VERBS = [add_train_verbs, add_convert, add_quantize, add_plan, add_prune]

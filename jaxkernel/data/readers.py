@@ -32,7 +32,7 @@ def _read_lines(path: Path) -> list[str]:
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as err:
-        raise DataError(f"{path}: not UTF-8 text ({err})") from None
+        raise _not_utf8(path, err) from None
     # Not str.splitlines: it also breaks at U+2028, U+0085... which may sit inside a token or JSON string.
     return [line.removesuffix("\r") for line in text.replace(BOM, "").split("\n")]
 
@@ -113,6 +113,13 @@ def read_table(path: str | os.PathLike, *, delimiter: str) -> list[dict]:
     path = Path(path)
     quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
+    try:
+        return _read_table(path, delimiter, quoting)
+    except UnicodeDecodeError as err:
+        raise _not_utf8(path, err) from None
+
+
+def _read_table(path: Path, delimiter: str, quoting: int) -> list[dict]:
     rows = []
     with open(path, encoding="utf-8-sig", newline="") as f:
         reader = csv.reader(f, delimiter=delimiter, quoting=quoting)
@@ -137,7 +144,9 @@ def read_table(path: str | os.PathLike, *, delimiter: str) -> list[dict]:
             if len(fields) != len(header):
                 raise DataError(
                     f"{path}:{start}: expected {len(header)} fields ({', '.join(header)}), got {len(fields)}: "
-                    f"{(chr(9) if delimiter == chr(9) else delimiter).join(fields)!r}"
+                    f"{(chr(9) if delimiter == chr(9) else delimiter).join(fields)!r}; "
+                    + ("a TSV field cannot hold a tab: remove the extra tab" if delimiter == "\t"
+                       else 'quote a field that holds a comma ("a, b"), or remove the extra field')
                 )
             rows.append({**dict(zip(header, fields)), "source": f"{path}:{start}"})
     return rows
@@ -153,7 +162,8 @@ def read_jsonl(path: str | os.PathLike) -> list[dict]:
         try:
             row = json.loads(line)
         except json.JSONDecodeError as err:
-            raise DataError(f"{path}:{number}: invalid JSON ({err.msg} at column {err.colno})") from None
+            raise DataError(f"{path}:{number}: invalid JSON ({err.msg} at column {err.colno}); "
+                            "a JSONL file holds one JSON object per line") from None
         if not isinstance(row, dict):
             raise DataError(f"{path}:{number}: expected a JSON object per line, got {type(row).__name__}")
         rows.append({**row, "source": f"{path}:{number}"})
@@ -217,4 +227,18 @@ def _lines_keepends(path: Path):
         with open(path, encoding="utf-8-sig") as f:
             yield from enumerate(f, start=1)
     except UnicodeDecodeError as err:
-        raise DataError(f"{path}: not UTF-8 text ({err})") from None
+        raise _not_utf8(path, err) from None
+
+
+def _not_utf8(path: Path, err: UnicodeDecodeError) -> DataError:
+    """Where the first non-UTF-8 byte is (file:line) and how to convert the file."""
+    data = path.read_bytes()  # a streaming decoder's err.start is relative to its chunk: find the byte again
+    try:
+        data.decode("utf-8-sig")
+    except UnicodeDecodeError as whole:
+        err = whole
+    line = data[: err.start].count(b"\n") + 1
+    return DataError(
+        f"{path}:{line}: not UTF-8 text (byte {err.object[err.start:err.start + 1]!r}: {err.reason}); "
+        "re-save the file as UTF-8, e.g. iconv -f latin1 -t utf-8 FILE > FILE.utf8"
+    )

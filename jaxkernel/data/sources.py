@@ -281,11 +281,12 @@ def load_records(data: DataConfig, task: str, roles=("train", "eval", "test")) -
     wanted = {"train": data.train_split, "eval": data.eval_split, "test": data.test_split}
     wanted = {role: split for role, split in wanted.items() if role == "train" or role in roles}
     raw: dict[str, list[dict]] = {}
+    files: dict[str, Path] = {}  # role -> the file read, for messages
     label_names = None
     if kind == "local":
         path = Path(where)
         if path.is_file():
-            raw["train"] = read_file(path, data.format, task)
+            raw["train"], files["train"] = read_file(path, data.format, task), path
         else:
             for role, split in wanted.items():
                 if split is None:
@@ -298,7 +299,7 @@ def load_records(data: DataConfig, task: str, roles=("train", "eval", "test")) -
                             f"{', '.join(n + '.*' for n in split_names(split))}); set data.train_split"
                         )
                     continue
-                raw[role] = read_file(file, data.format, task)
+                raw[role], files[role] = read_file(file, data.format, task), file
     else:
         dataset = _load_hub(*parse_hub(where))
         for role, split in wanted.items():
@@ -329,5 +330,8 @@ def load_records(data: DataConfig, task: str, roles=("train", "eval", "test")) -
                 records[role] = records[role][: data.max_eval_examples]
     for role, recs in records.items():
         if not recs:
-            raise DataError(f"{where}: the {role} split ({wanted[role]!r}) holds no examples")
+            raise DataError(
+                f"{files.get(role, where)}: the {role} split ({wanted[role]!r}) holds no examples; add examples, "
+                f"or point data.source / data.{role}_split at the data"
+            )
     return Records(records, label_names, str(where))

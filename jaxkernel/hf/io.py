@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import shutil
 from pathlib import Path
 
@@ -42,7 +43,10 @@ def resolve_model_dir(path_or_id: str | os.PathLike, revision: str | None = None
         raise FileNotFoundError(f"{path} is a file; pass the model *directory* that holds {CONFIG_NAME}")
     looks_like_id = str(path_or_id).count("/") <= 1 and not str(path_or_id).startswith((".", "/", "~"))
     if not looks_like_id:
-        raise FileNotFoundError(f"model directory {path} does not exist")
+        raise FileNotFoundError(
+            f"model directory {path} does not exist: give a local Hugging Face model directory (with {CONFIG_NAME}) "
+            "or a hub id such as bert-base-cased"
+        )
     from huggingface_hub import snapshot_download
 
     try:
@@ -61,7 +65,7 @@ def read_config(directory: Path) -> dict:
     try:
         return json.loads(file.read_text())
     except json.JSONDecodeError as err:
-        raise ValueError(f"{file} is not valid JSON: {err}") from err
+        raise ValueError(f"{file} is not valid JSON ({err}): fix it, or copy the model's {CONFIG_NAME} again") from err
 
 
 def read_weights(directory: Path) -> tuple[dict[str, np.ndarray], str]:
@@ -74,7 +78,8 @@ def read_weights(directory: Path) -> tuple[dict[str, np.ndarray], str]:
         tensors: dict[str, np.ndarray] = {}
         for shard in sorted(set(index["weight_map"].values())):
             if not (directory / shard).is_file():
-                raise FileNotFoundError(f"{SAFE_INDEX} names shard {shard}, which is missing from {directory}")
+                raise FileNotFoundError(f"{SAFE_INDEX} names shard {shard}, which is missing from {directory}: "
+                                        "copy or download the missing shard, or re-save the model")
             tensors.update(_load_safetensors(directory / shard))
         return tensors, SAFE_INDEX
     if (directory / TORCH_WEIGHTS).is_file():
@@ -91,7 +96,10 @@ def _load_safetensors(file: Path) -> dict[str, np.ndarray]:
     except Exception as err:
         if "bfloat16" in str(err) or "bf16" in str(err).lower():
             return _load_safetensors_via_torch(file)
-        raise ValueError(f"{file} is not a readable safetensors file: {err}") from err
+        raise ValueError(
+            f"{file} is not a readable safetensors file ({err}): it is damaged or incomplete (an interrupted "
+            "download or copy?); download or copy it again, or re-save the model"
+        ) from err
 
 
 def _load_safetensors_via_torch(file: Path) -> dict[str, np.ndarray]:
@@ -108,7 +116,17 @@ def _load_torch_bin(file: Path) -> dict[str, np.ndarray]:
             f"{file} is a PyTorch pickle; reading it needs torch (pip install torch), "
             "or convert the checkpoint to model.safetensors"
         ) from err
-    state = torch.load(str(file), map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(str(file), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:  # never retried with weights_only=False: that runs the file's code
+        detail = str(err).split("WeightsUnpickler error: ")[-1].split(". ")[0]
+        raise ValueError(
+            f"{file} holds pickled Python objects that are not plain tensors ({detail}); jaxkernel reads PyTorch "
+            "pickles only with torch.load(weights_only=True). Convert the checkpoint to model.safetensors where "
+            "you trust its source (transformers: save_pretrained(dir, safe_serialization=True))"
+        ) from None
+    if not isinstance(state, dict) or not all(hasattr(v, "is_floating_point") for v in state.values()):
+        raise ValueError(f"{file} is not a state dict of tensors; convert the checkpoint to model.safetensors")
     return {k: v.float().numpy() if v.is_floating_point() else v.numpy() for k, v in state.items()}
 
 

@@ -49,6 +49,7 @@ from jaxkernel.hf import io
 from jaxkernel.models.registry import family_of
 from jaxkernel.hf.mapping import IDENTITY, MappingError, Rule, hf_key_for, param_paths
 from jaxkernel.hf.pretrained import _normalise_prefix, save_pretrained
+from jaxkernel.hf.verify import verify_adapter_dir, verify_model_dir
 from jaxkernel.peft.bottleneck import BottleneckConfig
 from jaxkernel.peft.ia3 import Ia3Config, apply_ia3, ia3_layers
 from jaxkernel.peft.lora import LoraConfig, apply_lora, lora_layers, merge_and_unload
@@ -123,7 +124,8 @@ def _saved_module_names(model: nnx.Module) -> list[str]:
     return sorted(owners)
 
 
-def save_adapter(model: nnx.Module, directory: str | os.PathLike, *, base_model_name_or_path: str | None = None) -> Path:
+def save_adapter(model: nnx.Module, directory: str | os.PathLike, *, base_model_name_or_path: str | None = None,
+                 verify: bool | None = None, verify_torch: bool | None = None) -> Path:
     """Write the model's LoRA / DoRA, IA3 or prefix adapter as a PEFT directory.
 
     A bottleneck adapter is written as an AdapterHub directory instead (``save_adapterhub``).
@@ -132,6 +134,8 @@ def save_adapter(model: nnx.Module, directory: str | os.PathLike, *, base_model_
       model: a model with ``apply_lora`` / ``apply_ia3`` / ``apply_prefix_tuning`` (or ``load_adapter``) applied.
       directory: output directory (created).
       base_model_name_or_path: recorded in ``adapter_config.json`` for PEFT users.
+      verify / verify_torch: read the adapter back and compare it with ``model``, and also run
+        ``peft.PeftModel`` in a subprocess (see ``jaxkernel.save_pretrained``).
 
     Returns:
       The directory.
@@ -205,6 +209,7 @@ def save_adapter(model: nnx.Module, directory: str | os.PathLike, *, base_model_
     save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(directory / ADAPTER_WEIGHTS),
               metadata={"format": "pt"})
     (directory / ADAPTER_CONFIG).write_text(json.dumps(hf_config, indent=2, sort_keys=True) + "\n")
+    verify_adapter_dir(model, directory, tensors, verify=verify, verify_torch=verify_torch)
     return directory
 
 
@@ -275,6 +280,29 @@ def _prefix_config_from_peft(hf: dict, model: nnx.Module, source: str) -> Prefix
     )
 
 
+def _check_task_type(hf: dict, model: nnx.Module, task_type: str | None, config_file: Path) -> None:
+    """An adapter trained for another head is refused; one trained on the bare model fits any head (as in HF)."""
+    theirs = hf.get("task_type")
+    if theirs in (None, task_type, PEFT_TASK_TYPES["feature-extraction"]):
+        return
+    task = next((t for t, v in PEFT_TASK_TYPES.items() if v == theirs), None)
+    fix = (f"load the base model with task={task!r} (jaxkernel.from_pretrained(base, task={task!r}))" if task
+           else "load it onto the head it was trained for")
+    raise ValueError(
+        f"{config_file}: task_type {theirs!r} but the model is {model.task} ({task_type}): the adapter was "
+        f"trained for another head; {fix}"
+    )
+
+
+def _check_rank(hf: dict, tensors: dict, config_file: Path, source: str) -> None:
+    ranks = sorted({int(v.shape[0]) for k, v in tensors.items() if k.endswith(".lora_A.weight")})
+    if ranks and ranks != [hf.get("r")]:
+        raise ValueError(
+            f"{config_file}: r={hf.get('r')} but the LoRA tensors in {source} have rank {', '.join(map(str, ranks))}: "
+            "fix r in adapter_config.json, or re-save the adapter"
+        )
+
+
 def _take(tensors: dict, key: str, expected: tuple, source: str, what: str) -> np.ndarray:
     if key not in tensors:
         raise MappingError(f"{source} lacks {key!r} (for {what}): was the adapter trained with other target modules?")
@@ -313,10 +341,10 @@ def load_adapter(model: nnx.Module, directory: str | os.PathLike, *, seed: int =
     hf, tensors, source = read_adapter(directory)
     family = family_of(model)
     task_type = peft_task_type(model)
-    if hf.get("task_type") not in (None, task_type):
-        log.warning("%s: adapter task_type %s, model task %s (%s)", source, hf["task_type"], model.task, task_type)
+    _check_task_type(hf, model, task_type, Path(directory) / ADAPTER_CONFIG)
     peft_type = hf.get("peft_type")
     if peft_type == "LORA":
+        _check_rank(hf, tensors, Path(directory) / ADAPTER_CONFIG, source)
         apply_lora(model, _lora_config_from_peft(hf, source), seed=seed)
         prefix = LORA_PREFIX
     elif peft_type == "IA3":
@@ -385,11 +413,16 @@ def load_adapter(model: nnx.Module, directory: str | os.PathLike, *, seed: int =
     return model
 
 
-def save_merged(model: nnx.Module, directory: str | os.PathLike, **save_kwargs) -> Path:
+def save_merged(model: nnx.Module, directory: str | os.PathLike, *, verify: bool | None = None,
+                verify_torch: bool | None = None, **save_kwargs) -> Path:
     """Write the full model with LoRA folded in as a plain ``transformers`` directory.
 
     ``model`` itself is left untouched (a copy is merged). ``save_kwargs`` go to
-    ``jaxkernel.save_pretrained`` (tokenizer, max_shard_size...).
+    ``jaxkernel.save_pretrained`` (tokenizer, max_shard_size...). ``verify`` / ``verify_torch``
+    compare the written directory with ``model`` itself (unmerged), as ``save_pretrained`` does.
     """
     merged = merge_and_unload(nnx.clone(model))
-    return save_pretrained(merged, directory, **save_kwargs)
+    out = save_pretrained(merged, directory, verify=False, **save_kwargs)
+    verify_model_dir(merged, out, reference=model, kind="merged", tokenizer=save_kwargs.get("tokenizer"),
+                     verify=verify, verify_torch=verify_torch)
+    return out

@@ -18,6 +18,7 @@ from flax import nnx
 
 from jaxkernel.hf import io
 from jaxkernel.hf.mapping import MappingError, export_tensors, import_tensors
+from jaxkernel.hf.verify import verify_model_dir
 from jaxkernel.models.registry import ModelFamily, family_for, family_of
 
 log = logging.getLogger(__name__)
@@ -138,6 +139,8 @@ def save_pretrained(
     tokenizer=None,
     tokenizer_from: str | os.PathLike | None = None,
     max_shard_size: int | str = "5GB",
+    verify: bool | None = None,
+    verify_torch: bool | None = None,
 ) -> Path:
     """Write ``model`` as a directory that ``transformers.AutoModelFor*.from_pretrained`` loads.
 
@@ -147,9 +150,18 @@ def save_pretrained(
       tokenizer: optional object with ``save_pretrained`` (a transformers tokenizer).
       tokenizer_from: or a model directory whose tokenizer files are copied.
       max_shard_size: past this, weights are split into shards plus an index.
+      verify: read the directory back and compare tensors and probe outputs with ``model``
+        (default True, or what ``jaxkernel.hf.verify.export_verification`` set); the result
+        goes to ``jaxkernel_export.json``.
+      verify_torch: also run the probe through ``transformers`` in a subprocess (default False:
+        it costs seconds; the CLI turns it on).
 
     Returns:
       The output directory.
+
+    Raises:
+      jaxkernel.hf.verify.ExportVerificationError: what was written differs from ``model``; the
+        directory is marked bad (``jaxkernel_export.FAILED.json``).
     """
     directory = Path(directory)
     family = family_of(model)
@@ -161,4 +173,5 @@ def save_pretrained(
         tokenizer.save_pretrained(str(directory))
     elif tokenizer_from is not None:
         io.copy_tokenizer_files(io.resolve_model_dir(tokenizer_from), directory)
+    verify_model_dir(model, directory, tokenizer=tokenizer, verify=verify, verify_torch=verify_torch)
     return directory

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import argparse
 
+from jaxkernel.train.cli import add_no_verify, check_out_dir
+
 
 def _names(text: str | None):
     """``"query,value"`` -> ["query", "value"]; ``re:PATTERN`` -> the regex string."""
@@ -29,6 +31,9 @@ def _run_quantize(args: argparse.Namespace) -> int:
     from jaxkernel.quant.memory import format_bytes, param_bytes
     from jaxkernel.quant.transform import dequantize_model, quantize_model, quantized_paths
 
+    check_out_dir(args.out, {"source model directory": args.src})
+    if args.hf_out:
+        check_out_dir(args.hf_out, {"source model directory": args.src, "int8 output directory": args.out})
     model = from_pretrained(args.src, task=args.task)
     before = param_bytes(model)
     quantize_model(
@@ -46,8 +51,13 @@ def _run_quantize(args: argparse.Namespace) -> int:
     )
     print(f"wrote {type(model).__name__} ({model.task}) int8 to {out}")
     if args.hf_out:
-        hf = save_pretrained(dequantize_model(model), args.hf_out, tokenizer_from=args.src)
+        from jaxkernel.hf.verify import export_verification, summary
+
+        source = {"model": str(args.src), "quantized": args.mode, "int8_dir": str(out)}
+        with export_verification(enabled=not args.no_verify, torch=not args.no_verify, source=source):
+            hf = save_pretrained(dequantize_model(model), args.hf_out, tokenizer_from=args.src)
         print(f"wrote dequantized float32 HF model to {hf}")
+        print(summary(hf))
     return 0
 
 
@@ -67,5 +77,6 @@ def add_quantize(subparsers) -> None:
     p.add_argument("--group-size", type=int, default=None, help="one scale per this many input features")
     p.add_argument("--include-heads", action="store_true", help="also quantize task-head linears")
     p.add_argument("--hf-out", default=None, help="also write the dequantized float model as an HF directory")
+    add_no_verify(p)
     p.add_argument("--depth", type=int, default=2, help="module depth of the printed memory table")
     p.set_defaults(func=_run_quantize)

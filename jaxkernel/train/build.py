@@ -21,6 +21,7 @@ from flax import nnx
 
 from jaxkernel.config import Config, ConfigError, resolve_path
 from jaxkernel.hf.pretrained import from_pretrained
+from jaxkernel.models.registry import family_of
 
 
 def build_model(config: Config, labels: tuple[str, ...] | None = None) -> nnx.Module:
@@ -35,6 +36,12 @@ def build_model(config: Config, labels: tuple[str, ...] | None = None) -> nnx.Mo
         seed=config.train.seed,
         revision=m.revision,
     )
+    positions = family_of(model).dims(model.config).positions
+    if config.data.max_length > positions:  # past the position table, JAX would clamp the lookups silently
+        raise ConfigError(
+            f"data.max_length={config.data.max_length} but the model at {m.path} has {positions} positions: "
+            f"longer sequences cannot be encoded; set data.max_length={positions} or less"
+        )
     if config.distill.teacher is not None:  # jaxkernel.compress.distill: (cut) student + frozen teacher
         from jaxkernel.compress.distill import attach_teacher, student_from_config
 

@@ -30,9 +30,14 @@ def _load(config_or_run: str, overrides: list[str]):
     from jaxkernel.config import load_config
 
     path = Path(config_or_run)
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path} does not exist: give a YAML config (e.g. one from configs/) or a run directory")
     if path.is_dir():
         if not (path / RESOLVED_NAME).is_file():
-            raise FileNotFoundError(f"{path} is not a run directory: it has no {RESOLVED_NAME}")
+            raise FileNotFoundError(
+                f"{path} is not a run directory: it has no {RESOLVED_NAME}. Give the run directory that holds "
+                f"{RESOLVED_NAME}, or the YAML config the run was trained with")
         given = [o for o in overrides if o.split("=", 1)[0].strip() == "train.run_dir"]
         if given:
             raise ConfigError(
@@ -105,11 +110,39 @@ def _run_eval(args) -> int:
     return 0
 
 
+def _read_rows(name: str) -> list[dict]:
+    """The ``--input`` JSONL rows (``-`` = stdin); a bad line is named by file:line."""
+    from jaxkernel.data.readers import DataError, read_jsonl
+
+    if name != "-":
+        if not Path(name).is_file():
+            raise FileNotFoundError(f"--input {name} does not exist: give a JSONL file, one JSON object per line "
+                                    '(e.g. {"text": "..."}), or - for stdin')
+        return [{k: v for k, v in row.items() if k != "source"} for row in read_jsonl(name)]
+    rows = []
+    for number, line in enumerate(sys.stdin, start=1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise DataError(f"<stdin>:{number}: invalid JSON ({err.msg} at column {err.colno}); "
+                                "give one JSON object per line") from None
+    return rows
+
+
+def check_out_dir(out: str, protected: dict[str, str]) -> None:
+    """Refuse an output directory that is one of the inputs (it would be overwritten while read)."""
+    for what, path in protected.items():
+        if path and Path(out).resolve() == Path(path).resolve():
+            raise ValueError(f"{out} is the {what}: writing there would overwrite what is being read; "
+                             "choose another output directory")
+
+
 def _run_predict(args) -> int:
     from jaxkernel.train.predict import predict_rows
 
+    rows = _read_rows(args.input)  # before the model loads: a bad input file fails in a second
     trainer = _trainer(args, ("train",), require_checkpoint=True)
-    rows = [json.loads(line) for line in (open(args.input) if args.input != "-" else sys.stdin) if line.strip()]
     out = open(args.output, "w") if args.output != "-" else sys.stdout
     for result in predict_rows(trainer, rows):
         out.write(json.dumps(result) + "\n")
@@ -135,16 +168,28 @@ def _run_generate(args) -> int:
 
 
 def _run_export(args) -> int:
+    from jaxkernel.config import resolve_path
+    from jaxkernel.hf.verify import export_verification, summary
+
+    check_out_dir(args.out, {"run directory": args.config if _is_run_dir(args.config) else None})
     trainer = _trainer(args, ("train",), require_checkpoint=True)
-    out = trainer.export(args.out, merged=not args.adapter)
+    check_out_dir(args.out, {"run directory": str(trainer.run_dir)})
+    source = {"run_dir": str(trainer.run_dir), "step": int(trainer.state.step),
+              "base_model": str(resolve_path(trainer.config.model.path))}
+    # The trainer's export goes through save_merged / save_adapter / save_pretrained: the CLI
+    # turns on the PyTorch probe, probes with the run's tokenizer and records where it came from.
+    with export_verification(enabled=not args.no_verify, torch=not args.no_verify,
+                             tokenizer=trainer.data.tokenizer, source=source):
+        out = trainer.export(args.out, merged=not args.adapter)
     kind = "PEFT adapter" if args.adapter else "transformers model"
     print(f"wrote {kind} to {out}")
+    print(summary(out))
     return 0
 
 
 def _common(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("config", help=f"YAML config, or a run directory ({what})")
-    p.add_argument("overrides", nargs="*", help="section.key=value overrides, e.g. train.steps=100")
+    p.add_argument("overrides", nargs="*", default=[], help="section.key=value overrides, e.g. train.steps=100")
 
 
 def add_train_verbs(subparsers) -> None:
@@ -176,6 +221,13 @@ def add_train_verbs(subparsers) -> None:
     p = subparsers.add_parser("export", help="export a run to a transformers directory or a PEFT adapter")
     p.add_argument("config", help="run directory (or its YAML config)")
     p.add_argument("out", help="output directory")
-    p.add_argument("overrides", nargs="*", help="section.key=value overrides")
+    p.add_argument("overrides", nargs="*", default=[], help="section.key=value overrides")
     p.add_argument("--adapter", action="store_true", help="write a PEFT adapter instead of a merged model")
+    add_no_verify(p)
     p.set_defaults(func=_run_export)
+
+
+def add_no_verify(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-verify", action="store_true",
+                   help="skip re-reading the export and comparing it with the model (in jaxkernel and, "
+                   "when installed, in transformers/peft in a subprocess)")
