@@ -36,8 +36,8 @@ def test_missing_directory_and_files(tmp_path, bert_dir):
 
 
 def test_unsupported_model_type(bert_dir):
-    edit_config(bert_dir, model_type="llama")
-    with pytest.raises(ValueError, match=r"config.json: model_type 'llama' is not supported"):
+    edit_config(bert_dir, model_type="t5")
+    with pytest.raises(ValueError, match=r"config.json: model_type 't5' is not supported"):
         jaxkernel.from_pretrained(bert_dir)
 
 
