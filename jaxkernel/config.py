@@ -83,6 +83,9 @@ class ModelConfig:
     # Compute dtype for train, eval and predict (mixed precision); parameters, the master
     # weights, always stay float32.
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    # A config.json key jaxkernel does not know (perhaps a newer transformers option that changes
+    # the math) is an error instead of a warning. Checkpoint tensors are always checked strictly.
+    strict: bool = False
 
     def __post_init__(self):
         if self.labels is not None and self.num_labels is not None and len(self.labels) != self.num_labels:

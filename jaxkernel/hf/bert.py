@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from jaxkernel.hf.family import labels_from_hf, labels_to_hf, reject_values
+from jaxkernel.hf.family import ConfigKeys, labels_from_hf, labels_to_hf
 from jaxkernel.hf.mapping import TRANSPOSE, Rule
 from jaxkernel.models.bert import (
     BertConfig,
@@ -32,19 +32,42 @@ BERT_TABLE = [
 # Buffers and tied copies found in HF BERT checkpoints.
 BERT_IGNORE = (r"embeddings\.position_ids$", r"cls\.predictions\.decoder\.(weight|bias)$")
 
+# Weights of HF heads jaxkernel has no task for (regex -> which head); heads of our own tasks
+# are recognised from the task models themselves.
+BERT_OTHER_HEADS = {r"^cls\.seq_relationship\.": "BertForPreTraining's next-sentence head"}
+
 
 def _arch_fields(config_class: type) -> list[str]:
     return [f.name for f in dataclasses.fields(config_class) if f.name not in ("num_labels", "labels", "dtype", "model_type")]
 
 
+_ORIGINAL_RELEASE = "a field of Google's original BERT release that no HF BERT code reads"
+
+# Every config.json key (the PretrainedConfig ones are classified in hf/family.py).
+BERT_CONFIG_KEYS = ConfigKeys(
+    handled=(*_arch_fields(BertConfig), "pruned_heads"),
+    ignored={
+        "directionality": _ORIGINAL_RELEASE,
+        "pooler_fc_size": _ORIGINAL_RELEASE,
+        "pooler_num_attention_heads": _ORIGINAL_RELEASE,
+        "pooler_num_fc_layers": _ORIGINAL_RELEASE,
+        "pooler_size_per_head": _ORIGINAL_RELEASE,
+        "pooler_type": _ORIGINAL_RELEASE,
+    },
+    refused={
+        "position_embedding_type": "absolute",
+        "is_decoder": False,
+        # the MLM decoder is read as the word embeddings: an untied one would be silently replaced
+        "tie_word_embeddings": True,
+    },
+)
+
+
 def bert_config_from_hf(hf: dict, overrides: dict, *, config_class: type = BertConfig) -> BertConfig:
     """``config_class`` (BertConfig or a subclass, e.g. RobertaConfig) from a config.json dict;
-    keys the file lacks take the class defaults."""
+    keys the file lacks take the class defaults. ``overrides["strict"]``: unknown keys are errors."""
     source = overrides.pop("source", "config.json")
-    reject_values(
-        hf, source,
-        {"position_embedding_type": "absolute", "is_decoder": False, "add_cross_attention": False},
-    )
+    BERT_CONFIG_KEYS.check(hf, source=source, strict=overrides.pop("strict", False))
     if hf.get("hidden_act") not in ACTIVATIONS:
         raise ValueError(f"{source}: hidden_act={hf.get('hidden_act')!r} is not supported; use one of {sorted(ACTIVATIONS)}")
     num_labels, labels = labels_from_hf(hf, overrides.pop("num_labels", None), overrides.pop("labels", None))
@@ -110,6 +133,9 @@ BERT_FAMILY = register(
         config_from_hf=bert_config_from_hf,
         config_to_hf=bert_config_to_hf,
         known_sizes=BERT_SIZES,
-        extra={"ia3_targets": ("key", "value", "output.dense"), "ia3_feedforward": ("output.dense",)},
+        extra={
+            "ia3_targets": ("key", "value", "output.dense"), "ia3_feedforward": ("output.dense",),
+            "config_keys": BERT_CONFIG_KEYS, "other_heads": BERT_OTHER_HEADS,
+        },
     )
 )

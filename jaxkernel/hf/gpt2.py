@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from jaxkernel.hf.family import labels_from_hf, labels_to_hf, reject_values
+from jaxkernel.hf.family import ConfigKeys, labels_from_hf, labels_to_hf
 from jaxkernel.hf.mapping import TRANSPOSE, Rule
 from jaxkernel.models.gpt2 import Gpt2Config, Gpt2ForSequenceClassification, Gpt2LMHeadModel, Gpt2Model
 from jaxkernel.models.layers import ACTIVATIONS
@@ -26,20 +26,37 @@ GPT2_TABLE = [
 # Causal-mask buffers of old checkpoints; lm_head is tied to wte (checked on load).
 GPT2_IGNORE = (r"attn\.(masked_)?bias$", r"^lm_head\.weight$")
 
+# Weights of HF heads jaxkernel has no task for (regex -> which head).
+GPT2_OTHER_HEADS = {r"^multiple_choice_head\.": "GPT2DoubleHeadsModel's multiple-choice head"}
+
 _ARCH_FIELDS = [f.name for f in dataclasses.fields(Gpt2Config) if f.name not in ("num_labels", "labels", "dtype")]
+
+_DOUBLE_HEADS = "configures GPT2DoubleHeadsModel's multiple-choice head (not implemented); no other GPT-2 head reads it"
+
+# Every config.json key (the PretrainedConfig ones are classified in hf/family.py).
+GPT2_CONFIG_KEYS = ConfigKeys(
+    handled=_ARCH_FIELDS,
+    ignored={
+        "n_ctx": "old copy of n_positions (the causal-mask buffer size of early checkpoints); n_positions is read",
+        "reorder_and_upcast_attn": "makes torch compute attention scores in float32; jaxkernel's scores and "
+                                   "softmax always run in float32",
+        "is_decoder": "GPT-2 is always a causal decoder; HF GPT-2 does not read it",
+        **{key: _DOUBLE_HEADS for key in (
+            "summary_type", "summary_use_proj", "summary_activation", "summary_proj_to_labels", "summary_first_dropout",
+        )},
+    },
+    refused={
+        "scale_attn_weights": True,
+        "scale_attn_by_inverse_layer_idx": False,
+        "tie_word_embeddings": True,
+    },
+)
 
 
 def gpt2_config_from_hf(hf: dict, overrides: dict) -> Gpt2Config:
+    """A Gpt2Config from a config.json dict; ``overrides["strict"]``: unknown keys are errors."""
     source = overrides.pop("source", "config.json")
-    reject_values(
-        hf, source,
-        {
-            "scale_attn_weights": True,
-            "scale_attn_by_inverse_layer_idx": False,
-            "add_cross_attention": False,
-            "tie_word_embeddings": True,
-        },
-    )
+    GPT2_CONFIG_KEYS.check(hf, source=source, strict=overrides.pop("strict", False))
     if hf.get("activation_function", "gelu_new") not in ACTIVATIONS:
         raise ValueError(
             f"{source}: activation_function={hf.get('activation_function')!r} is not supported; "
@@ -91,6 +108,9 @@ GPT2_FAMILY = register(
         config_to_hf=gpt2_config_to_hf,
         known_sizes=GPT2_SIZES,
         causal=True,
-        extra={"ia3_targets": ("c_attn", "mlp.c_proj"), "ia3_feedforward": ("mlp.c_proj",)},
+        extra={
+            "ia3_targets": ("c_attn", "mlp.c_proj"), "ia3_feedforward": ("mlp.c_proj",),
+            "config_keys": GPT2_CONFIG_KEYS, "other_heads": GPT2_OTHER_HEADS,
+        },
     )
 )

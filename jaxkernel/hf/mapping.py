@@ -7,7 +7,9 @@ The first rule whose *our* template matches a parameter path wins.
 
 ``import_tensors`` fills a model from HF tensors and ``export_tensors`` produces
 them; both check that every tensor is used exactly once, so a table that drops or
-duplicates a weight fails loudly instead of giving wrong numbers.
+duplicates a weight fails loudly instead of giving wrong numbers. A checkpoint
+tensor that no rule consumes is an error naming it, unless it is a known buffer /
+tied copy (``ignore``) or the weights of another head (``other_heads`` says which).
 
 Example::
 
@@ -67,10 +69,11 @@ class MappingError(ValueError):
 
 @dataclasses.dataclass
 class ImportReport:
-    """What an import did; ``unused`` HF tensors and ``initialized`` params are warned about."""
+    """What an import did: ``other_heads`` (HF key -> which head's weights it is, left unused)
+    and ``initialized`` params (not in the checkpoint) are reported to the user."""
 
     loaded: list[str]
-    unused: list[str]
+    other_heads: dict[str, str]
     initialized: list[str]
 
 
@@ -99,6 +102,7 @@ def import_tensors(
     source: str,
     may_initialize: tuple[str, ...] = (),
     ignore: tuple[str, ...] = (),
+    other_heads: Callable[[list[str]], dict[str, str]] | None = None,
 ) -> ImportReport:
     """Copy HF ``tensors`` into ``model`` in place, through ``table``.
 
@@ -110,9 +114,12 @@ def import_tensors(
       may_initialize: path prefixes (task heads) that may be missing from the
         checkpoint; they keep their fresh initialisation and are reported.
       ignore: regexes of HF keys that are known buffers or tied copies.
+      other_heads: given the tensors nothing consumed (and not ignored), says which of them
+        are another head's weights (key -> which head); those are left unused.
 
     Raises:
-      MappingError: a parameter has no tensor, or a tensor has the wrong shape.
+      MappingError: a parameter has no tensor, a tensor has the wrong shape, or a tensor
+        is neither consumed, ignored nor another head's weights.
     """
     used: set[str] = set()
     loaded, initialized, missing = [], [], []
@@ -144,7 +151,16 @@ def import_tensors(
         )
     ignored = re.compile("|".join(ignore)) if ignore else None
     unused = sorted(k for k in tensors if k not in used and not (ignored and ignored.search(k)))
-    return ImportReport(loaded=loaded, unused=unused, initialized=initialized)
+    heads = other_heads(unused) if (other_heads and unused) else {}
+    unknown = [k for k in unused if k not in heads]
+    if unknown:
+        raise MappingError(
+            f"{source} holds {len(unknown)} tensor(s) that no rule of the model's table consumes: "
+            f"{', '.join(unknown[:8])}" + (" ..." if len(unknown) > 8 else "")
+            + "; they are neither known buffers nor another head's weights, so loading without them "
+            "could compute something else than the checkpoint: is it another architecture or variant?"
+        )
+    return ImportReport(loaded=loaded, other_heads=heads, initialized=initialized)
 
 
 def export_tensors(model: nnx.Module, table: list[Rule]) -> dict[str, np.ndarray]:

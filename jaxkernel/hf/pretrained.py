@@ -9,28 +9,36 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
+import re
 from pathlib import Path
 
 import numpy as np
 from flax import nnx
 
 from jaxkernel.hf import io
-from jaxkernel.hf.mapping import MappingError, export_tensors, import_tensors
+from jaxkernel.hf.mapping import MappingError, export_tensors, hf_key_for, import_tensors, param_paths
 from jaxkernel.hf.verify import verify_model_dir
 from jaxkernel.models.registry import ModelFamily, family_for, family_of
 
 log = logging.getLogger(__name__)
 
 
-def config_from_pretrained(path_or_id: str | os.PathLike, *, revision: str | None = None, **overrides):
-    """(family, config, task from ``architectures``, directory) for a checkpoint."""
+def config_from_pretrained(
+    path_or_id: str | os.PathLike, *, revision: str | None = None, strict: bool = False, **overrides
+):
+    """(family, config, task from ``architectures``, directory) for a checkpoint.
+
+    ``strict``: a config.json key the family does not classify (``jaxkernel.hf.family.ConfigKeys``)
+    is an error instead of a warning.
+    """
     directory = io.resolve_model_dir(path_or_id, revision)
     hf = io.read_config(directory)
     source = str(directory / io.CONFIG_NAME)
     family = family_for(hf.get("model_type"), source)
-    config = family.config_from_hf(hf, {"source": source, **overrides})
+    config = family.config_from_hf(hf, {"source": source, **({"strict": True} if strict else {}), **overrides})
     return family, config, family.task_for_architecture(hf.get("architectures")), directory
 
 
@@ -43,6 +51,7 @@ def from_pretrained(
     dtype: str | None = None,
     seed: int = 0,
     revision: str | None = None,
+    strict: bool = False,
 ) -> nnx.Module:
     """Load a Hugging Face BERT or GPT-2 checkpoint as a jaxkernel model.
 
@@ -54,6 +63,9 @@ def from_pretrained(
       num_labels / labels: size and names of a classification head.
       dtype: compute dtype, e.g. "bfloat16" (parameters stay float32).
       seed: initialises task heads that the checkpoint does not contain.
+      strict: a config.json key jaxkernel does not know is an error, not a warning (it may
+        select math jaxkernel does not implement). Checkpoint tensors are always strict: one
+        that no table row consumes is an error unless it is a known buffer or another head's.
 
     Returns:
       The model in eval mode (dropout off); call ``model.train()`` to fine-tune.
@@ -61,7 +73,7 @@ def from_pretrained(
     overrides = {"num_labels": num_labels, "labels": labels}
     if dtype is not None:
         overrides["dtype"] = dtype
-    family, config, default_task, directory = config_from_pretrained(path_or_id, revision=revision, **overrides)
+    family, config, default_task, directory = config_from_pretrained(path_or_id, revision=revision, strict=strict, **overrides)
     task = task or default_task
     model = family.build(task, config, seed=seed)
     tensors, source = io.read_weights(directory)
@@ -92,11 +104,38 @@ def load_tensors(model: nnx.Module, tensors: dict[str, np.ndarray], *, source: s
         model, tensors, family.table, source=source,
         may_initialize=getattr(model, "head_modules", ()) + (pooler,),
         ignore=family.ignore,
+        other_heads=lambda keys: _other_heads(model, family, keys),
     )
     if report.initialized:
         log.warning("%s: newly initialised (not in the checkpoint): %s", source, ", ".join(report.initialized))
-    if report.unused:
-        log.warning("%s: unused tensors (other heads?): %s", source, ", ".join(report.unused))
+    by_head: dict[str, list[str]] = {}
+    for key, head in report.other_heads.items():
+        by_head.setdefault(head, []).append(key)
+    for head, keys in by_head.items():
+        log.warning("%s: not loaded, the weights of %s: %s", source, head, ", ".join(keys))
+
+
+def _other_heads(model: nnx.Module, family: ModelFamily, keys: list[str]) -> dict[str, str]:
+    """Which of ``keys`` (checkpoint tensors ``model`` does not use) are another head's weights.
+
+    A key is the weights of another task's model of this family when that model (built
+    abstractly, same sizes) maps a parameter to it, or of an HF head jaxkernel has no task
+    for when it matches the family's ``extra["other_heads"]`` (regex -> which head).
+    """
+    found: dict[str, str] = {}
+    for pattern, head in family.extra.get("other_heads", {}).items():
+        found.update({k: head for k in keys if k not in found and re.search(pattern, k)})
+    rest = [k for k in keys if k not in found]
+    config = dataclasses.replace(model.config, num_labels=2, labels=None)  # any head size builds
+    for task, (_, architecture) in family.tasks.items():
+        if not rest or task == getattr(model, "task", None):
+            continue
+        other = nnx.eval_shape(lambda task=task: family.build(task, config))
+        names = {hf_key_for(path, family.table)[0]: None for path in param_paths(other)}
+        names = _normalise_prefix(model, family, names)  # base prefix as the checkpoint's keys have it for ``model``
+        found.update({k: f"the {task} head ({architecture})" for k in rest if k in names})
+        rest = [k for k in rest if k not in found]
+    return found
 
 
 def _check_tied_lm_head(model, tensors, source) -> None:

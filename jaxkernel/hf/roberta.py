@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from jaxkernel.hf.bert import BERT_TABLE, bert_config_from_hf, bert_config_to_hf, bert_dims
-from jaxkernel.hf.family import reject_values
+from jaxkernel.hf.bert import BERT_CONFIG_KEYS, BERT_TABLE, bert_config_from_hf, bert_config_to_hf, bert_dims
 from jaxkernel.hf.mapping import Rule
 from jaxkernel.models.registry import ModelDims, ModelFamily, register
 from jaxkernel.models.roberta import ROBERTA_TASKS, RobertaConfig
@@ -41,8 +40,7 @@ XLM_ROBERTA_SIZES = {
 
 def _config_from_hf(model_type: str):
     def convert(hf: dict, overrides: dict) -> RobertaConfig:
-        # The MLM decoder is read as the word embeddings: an untied one would be silently replaced.
-        reject_values(hf, overrides.get("source", "config.json"), {"tie_word_embeddings": True})
+        # BERT's key classification (BERT_CONFIG_KEYS) holds: an untied MLM decoder is refused there too.
         return bert_config_from_hf(hf, {**overrides, "model_type": model_type}, config_class=RobertaConfig)
 
     return convert
@@ -67,7 +65,7 @@ def _family(model_type: str, arch_prefix: str, sizes: dict) -> ModelFamily:
         config_to_hf=bert_config_to_hf,
         known_sizes=sizes,
         lora_targets=_LORA_TARGETS,
-        extra=dict(_IA3),
+        extra={**_IA3, "config_keys": BERT_CONFIG_KEYS, "other_heads": {}},
     )
 
 

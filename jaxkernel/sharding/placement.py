@@ -100,6 +100,7 @@ def from_pretrained_sharded(
     dtype: str | None = None,
     seed: int = 0,
     revision: str | None = None,
+    strict: bool = False,
 ) -> nnx.Module:
     """``jaxkernel.from_pretrained`` that loads each weight straight into its shards.
 
@@ -114,7 +115,7 @@ def from_pretrained_sharded(
     overrides = {"num_labels": num_labels, "labels": labels}
     if dtype is not None:
         overrides["dtype"] = dtype
-    family, config, default_task, directory = config_from_pretrained(path_or_id, revision=revision, **overrides)
+    family, config, default_task, directory = config_from_pretrained(path_or_id, revision=revision, strict=strict, **overrides)
     task = task or default_task
     model_fn = lambda: family.build(task, config, seed=seed)  # noqa: E731
     tensors, source = io.read_weights(directory)

@@ -35,6 +35,7 @@ def build_model(config: Config, labels: tuple[str, ...] | None = None) -> nnx.Mo
         dtype=None if m.dtype == "float32" else m.dtype,
         seed=config.train.seed,
         revision=m.revision,
+        strict=m.strict,
     )
     positions = family_of(model).dims(model.config).positions
     if config.data.max_length > positions:  # past the position table, JAX would clamp the lookups silently
