@@ -167,14 +167,15 @@ class DataConfig:
 class PeftConfig:
     """Parameter-efficient fine-tuning; names and defaults follow Hugging Face PEFT."""
 
-    # none trains every parameter (full fine-tune); adapter = AdapterHub bottleneck adapters (BERT)
-    method: Literal["none", "lora", "prefix", "ia3", "adapter"] = "none"
+    # none trains every parameter (full fine-tune); adapter = AdapterHub bottleneck adapters (BERT);
+    # adalora = LoRA in SVD form whose ranks shrink by importance during training (PEFT's AdaLoRA)
+    method: Literal["none", "lora", "prefix", "ia3", "adapter", "adalora"] = "none"
     r: int = 8  # LoRA rank
     alpha: float = 8.0  # PEFT's lora_alpha: scale = alpha / r, or alpha / sqrt(r) with use_rslora
     dropout: float = 0.0  # LoRA: dropout on the adapter input; adapter: on the bottleneck output
-    # LoRA / IA3: modules to wrap, a list of names (matched on the path's last parts) or one regex
-    # (full match); None = the family default (LoRA: BERT query/value, GPT-2 c_attn; IA3: BERT
-    # key/value/output.dense, GPT-2 c_attn/mlp.c_proj).
+    # LoRA / AdaLoRA / IA3: modules to wrap, a list of names (matched on the path's last parts) or one
+    # regex (full match); None = the family default (LoRA, AdaLoRA: BERT query/value, GPT-2 c_attn;
+    # IA3: BERT key/value/output.dense, GPT-2 c_attn/mlp.c_proj).
     target_modules: Union[tuple[str, ...], str, None] = None
     # Modules trained in full and saved with the adapter; None = the task head.
     modules_to_save: Optional[tuple[str, ...]] = None
@@ -191,10 +192,27 @@ class PeftConfig:
     num_virtual_tokens: int = 20  # prefix tuning: virtual tokens per layer
     prefix_projection: bool = False  # prefix tuning: reparameterise the prefix through an MLP
     encoder_hidden_size: Optional[int] = None  # prefix tuning: MLP width with prefix_projection; None = model width
+    init_r: int = 12  # AdaLoRA: initial rank of every adapted layer (peft.r is not used, as in PEFT)
+    target_r: int = 8  # AdaLoRA: average rank per layer the budget shrinks to
+    tinit: int = 0  # AdaLoRA: warm-up steps before the budget starts shrinking
+    tfinal: int = 0  # AdaLoRA: last steps, trained with the final rank pattern fixed
+    deltaT: int = 1  # AdaLoRA: steps between two rank allocations
+    beta1: float = 0.85  # AdaLoRA: EMA factor of the importance (sensitivity) scores
+    beta2: float = 0.85  # AdaLoRA: EMA factor of their uncertainty
+    orth_reg_weight: float = 0.5  # AdaLoRA: weight of the orthogonality regulariser on lora_A / lora_B
+    total_step: Optional[int] = None  # AdaLoRA: steps the budget schedule spans; None = the run's train steps
 
     def __post_init__(self):
         if self.r < 1 or self.num_virtual_tokens < 1:
             raise ConfigError(f"peft.r={self.r} and peft.num_virtual_tokens={self.num_virtual_tokens} must be >= 1")
+        if not 1 <= self.target_r <= self.init_r or self.deltaT < 1 or min(self.tinit, self.tfinal) < 0:
+            raise ConfigError(
+                f"peft: AdaLoRA needs 1 <= target_r ({self.target_r}) <= init_r ({self.init_r}), deltaT "
+                f"({self.deltaT}) >= 1 and tinit ({self.tinit}), tfinal ({self.tfinal}) >= 0"
+            )
+        if not (0 < self.beta1 < 1 and 0 < self.beta2 < 1) or self.orth_reg_weight < 0:
+            raise ConfigError(f"peft: AdaLoRA needs beta1 ({self.beta1}), beta2 ({self.beta2}) in (0, 1) and "
+                              f"orth_reg_weight ({self.orth_reg_weight}) >= 0")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"peft.dropout={self.dropout} must be in [0, 1)")
         if self.reduction_factor <= 0:

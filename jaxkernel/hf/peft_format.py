@@ -13,6 +13,7 @@ jaxkernel                              PEFT key
 ``<m>.lora_B`` (r, out)                ``base_model.model.<hf m>.lora_B.weight`` (out, r)
 ``<m>.lora_magnitude_vector`` (out,)   ``base_model.model.<hf m>.lora_magnitude_vector`` (DoRA)
 ``<m>.ia3_l`` (out,) / (in,)           ``base_model.model.<hf m>.ia3_l`` (out, 1) / feed-forward (1, in)
+``<m>.lora_A`` / ``lora_E`` / ``lora_B``  ``base_model.model.<hf m>.lora_A`` ... (AdaLoRA: ``jaxkernel.hf.peft_adalora``)
 modules_to_save param (LoRA)           ``base_model.model.<hf key>`` (table transform)
 modules_to_save param (prefix)         ``base_model.<hf key>``
 prefix encoder output (P, 2 L D)       ``prompt_embeddings``
@@ -25,6 +26,10 @@ shaped even on GPT-2's ``Conv1D`` (PEFT handles Conv1D through
 the encoder *output*, so a projected prefix comes back as a plain
 (``prefix_projection=False``) prefix with identical outputs. Bottleneck adapters have no PEFT
 form: ``save_adapter`` / ``load_adapter`` hand them to ``jaxkernel.hf.adapterhub_format``.
+
+Several named adapters (``jaxkernel.peft.multi_adapter.AdapterSet``) are saved as PEFT saves a
+multi-adapter ``PeftModel``: ``default`` in the directory itself, every other one in a
+subdirectory named after it (``save_adapters`` / ``load_adapters``).
 
 Example::
 
@@ -50,6 +55,7 @@ from jaxkernel.models.registry import family_of
 from jaxkernel.hf.mapping import IDENTITY, MappingError, Rule, hf_key_for, param_paths
 from jaxkernel.hf.pretrained import _normalise_prefix, save_pretrained
 from jaxkernel.hf.verify import verify_adapter_dir, verify_model_dir
+from jaxkernel.peft.adalora import AdaLoraConfig
 from jaxkernel.peft.bottleneck import BottleneckConfig
 from jaxkernel.peft.ia3 import Ia3Config, apply_ia3, ia3_layers
 from jaxkernel.peft.lora import LoraConfig, apply_lora, lora_layers, merge_and_unload
@@ -126,7 +132,7 @@ def _saved_module_names(model: nnx.Module) -> list[str]:
 
 def save_adapter(model: nnx.Module, directory: str | os.PathLike, *, base_model_name_or_path: str | None = None,
                  verify: bool | None = None, verify_torch: bool | None = None) -> Path:
-    """Write the model's LoRA / DoRA, IA3 or prefix adapter as a PEFT directory.
+    """Write the model's LoRA / DoRA, AdaLoRA, IA3 or prefix adapter as a PEFT directory.
 
     A bottleneck adapter is written as an AdapterHub directory instead (``save_adapterhub``).
 
@@ -145,7 +151,7 @@ def save_adapter(model: nnx.Module, directory: str | os.PathLike, *, base_model_
         from jaxkernel.hf.adapterhub_format import save_adapterhub
 
         return save_adapterhub(model, directory, model_name=base_model_name_or_path)
-    if not isinstance(config, (LoraConfig, PrefixConfig, Ia3Config)):
+    if not isinstance(config, (LoraConfig, AdaLoraConfig, PrefixConfig, Ia3Config)):
         raise ValueError(
             f"{type(model).__name__} carries no adapter: apply_lora / apply_ia3 / apply_prefix_tuning first, "
             "or use jaxkernel.save_pretrained for a full model"
@@ -177,6 +183,12 @@ def save_adapter(model: nnx.Module, directory: str | os.PathLike, *, base_model_
             "target_modules": targets if isinstance(targets, str) else list(targets),
             "fan_in_fan_out": conv1d, "bias": "none", "init_lora_weights": True, "use_dora": config.use_dora,
         }
+    elif isinstance(config, AdaLoraConfig):
+        from jaxkernel.hf.peft_adalora import adalora_to_peft
+
+        tensors, fields = adalora_to_peft(model, config, family.table, _hf_module, LORA_PREFIX)
+        tensors.update({LORA_PREFIX + k: v for k, v in _saved_module_tensors(model, family.table).items()})
+        hf_config = {**common, **fields}
     elif isinstance(config, Ia3Config):
         tensors, conv1d = {}, False
         for path, layer in ia3_layers(model).items():
@@ -316,7 +328,7 @@ def _take(tensors: dict, key: str, expected: tuple, source: str, what: str) -> n
 
 
 def load_adapter(model: nnx.Module, directory: str | os.PathLike, *, seed: int = 0) -> nnx.Module:
-    """Apply a PEFT adapter directory (LoRA / DoRA, IA3 or prefix tuning) to ``model``, in place.
+    """Apply a PEFT adapter directory (LoRA / DoRA, AdaLoRA, IA3 or prefix tuning) to ``model``, in place.
 
     An AdapterHub bottleneck-adapter directory is recognised and read by ``load_adapterhub``.
 
@@ -347,6 +359,11 @@ def load_adapter(model: nnx.Module, directory: str | os.PathLike, *, seed: int =
         _check_rank(hf, tensors, Path(directory) / ADAPTER_CONFIG, source)
         apply_lora(model, _lora_config_from_peft(hf, source), seed=seed)
         prefix = LORA_PREFIX
+    elif peft_type == "ADALORA":
+        from jaxkernel.hf.peft_adalora import apply_adalora_from_peft, fill_adalora
+
+        apply_adalora_from_peft(model, hf, source, family.table, _hf_module, family, seed=seed)
+        prefix = LORA_PREFIX
     elif peft_type == "IA3":
         apply_ia3(model, _ia3_config_from_peft(hf, source))
         prefix = LORA_PREFIX
@@ -354,14 +371,15 @@ def load_adapter(model: nnx.Module, directory: str | os.PathLike, *, seed: int =
         apply_prefix_tuning(model, _prefix_config_from_peft(hf, model, source), seed=seed)
         prefix = PROMPT_PREFIX
     else:
-        raise ValueError(f"{source}: peft_type {peft_type!r} is not supported; jaxkernel reads LORA, IA3 and PREFIX_TUNING")
+        raise ValueError(f"{source}: peft_type {peft_type!r} is not supported; jaxkernel reads LORA, ADALORA, IA3 and "
+                         "PREFIX_TUNING")
 
     prompt = tensors.pop(PROMPT_KEY, None)
     unexpected = sorted(k for k in tensors if not k.startswith(prefix))
     if unexpected:
         raise MappingError(f"{source}: unexpected tensors for a {peft_type} adapter: {', '.join(unexpected[:8])}")
     tensors = {k[len(prefix):]: v for k, v in tensors.items()}
-    if peft_type in ("LORA", "IA3"):  # an adapter trained on the bare model fits a task model, as in HF
+    if peft_type in ("LORA", "ADALORA", "IA3"):  # an adapter trained on the bare model fits a task model, as in HF
         tensors = _normalise_prefix(model, family, tensors)
 
     if peft_type == "LORA":
@@ -375,6 +393,8 @@ def load_adapter(model: nnx.Module, directory: str | os.PathLike, *, seed: int =
                 m = _take(tensors, f"{hf_module}.lora_magnitude_vector", (layer.out_features,), source,
                           f"{path} lora_magnitude_vector (out,)")
                 layer.lora_magnitude_vector[...] = np.asarray(m, layer.lora_magnitude_vector.dtype)
+    elif peft_type == "ADALORA":
+        fill_adalora(model, tensors, family.table, _hf_module, _take, source)
     elif peft_type == "IA3":
         for path, layer in ia3_layers(model).items():
             hf_module, _ = _hf_module(path, family.table)
@@ -426,3 +446,36 @@ def save_merged(model: nnx.Module, directory: str | os.PathLike, *, verify: bool
     verify_model_dir(merged, out, reference=model, kind="merged", tokenizer=save_kwargs.get("tokenizer"),
                      verify=verify, verify_torch=verify_torch)
     return out
+
+
+def save_adapters(adapters, directory: str | os.PathLike, **save_kwargs) -> Path:
+    """Write every adapter of an ``AdapterSet`` as PEFT writes a multi-adapter ``PeftModel``.
+
+    ``default`` goes in ``directory`` itself, any other adapter in ``directory/<name>``; each is an
+    ordinary adapter directory (PEFT, or AdapterHub for bottleneck adapters). In PyTorch:
+    ``PeftModel.from_pretrained(base, directory)`` then ``load_adapter(directory/<name>, adapter_name=<name>)``.
+    ``save_kwargs`` go to ``save_adapter``. The set's active adapter is unchanged.
+    """
+    directory = Path(directory)
+    for name in adapters.names:
+        adapters.save(name, directory if name == "default" else directory / name, **save_kwargs)
+    return directory
+
+
+def load_adapters(adapters, directory: str | os.PathLike, *, seed: int = 0) -> list[str]:
+    """Load every adapter ``save_adapters`` (or a multi-adapter ``PeftModel.save_pretrained``) wrote.
+
+    An adapter in ``directory`` itself is named ``default``; each subdirectory holding an adapter
+    is named after the subdirectory. Returns the names loaded, in that order.
+    """
+    from jaxkernel.hf.adapterhub_format import is_adapterhub_dir
+
+    directory = Path(directory)
+    found = [("default", directory)] if (directory / ADAPTER_CONFIG).is_file() else []
+    found += [(sub.name, sub) for sub in sorted(directory.iterdir())
+              if sub.is_dir() and ((sub / ADAPTER_CONFIG).is_file() or is_adapterhub_dir(sub))]
+    if not found:
+        raise FileNotFoundError(f"{directory} holds no adapter ({ADAPTER_CONFIG} in it or in a subdirectory)")
+    for name, path in found:
+        adapters.load(name, path, seed=seed)
+    return [name for name, _ in found]

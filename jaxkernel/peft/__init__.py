@@ -1,5 +1,5 @@
-"""Parameter-efficient fine-tuning: LoRA (and DoRA), IA3, bottleneck adapters, prefix tuning,
-trainable-set selection.
+"""Parameter-efficient fine-tuning: LoRA (and DoRA), AdaLoRA, IA3, bottleneck adapters, prefix tuning,
+trainable-set selection, several named adapters on one base (``AdapterSet``).
 
 Example::
 
@@ -11,6 +11,8 @@ PEFT-format import/export lives in ``jaxkernel.hf.peft_format``; AdapterHub's fo
 bottleneck adapters in ``jaxkernel.hf.adapterhub_format``.
 """
 
+from jaxkernel.peft.adalora import AdaLoraConfig, AdaLoraLinear, AdaLoraParam, adalora_layers, apply_adalora
+from jaxkernel.peft.adalora_budget import adalora_optimizer, attach_rank_pattern
 from jaxkernel.peft.bottleneck import AdapterParam, BottleneckAdapter, BottleneckConfig, adapter_layers, apply_bottleneck
 from jaxkernel.peft.dora import DoraLinear
 from jaxkernel.peft.ia3 import Ia3Config, Ia3Linear, Ia3Param, apply_ia3, ia3_layers, merge_ia3, unmerge_ia3
@@ -24,6 +26,7 @@ from jaxkernel.peft.lora import (
     merge_lora,
     unmerge_lora,
 )
+from jaxkernel.peft.multi_adapter import AdapterSet
 from jaxkernel.peft.prefix import PrefixConfig, PrefixEncoder, PrefixParam, apply_prefix_tuning
 from jaxkernel.peft.trainable import (
     SavedModuleParam,
@@ -39,4 +42,6 @@ __all__ = [
     "TrainableParam", "count_parameters", "print_trainable_parameters", "trainable_filter",
     "AdapterParam", "BottleneckAdapter", "BottleneckConfig", "adapter_layers", "apply_bottleneck", "DoraLinear",
     "Ia3Config", "Ia3Linear", "Ia3Param", "apply_ia3", "ia3_layers", "merge_ia3", "unmerge_ia3",
+    "AdaLoraConfig", "AdaLoraLinear", "AdaLoraParam", "adalora_layers", "apply_adalora", "adalora_optimizer",
+    "attach_rank_pattern", "AdapterSet",
 ]

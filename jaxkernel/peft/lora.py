@@ -184,6 +184,30 @@ def check_no_adapter(model: nnx.Module, adding: str) -> None:
         )
 
 
+def low_rank_targets(model: nnx.Module, target_modules: Targets, modules_to_save, kind: str) -> tuple[list[str], list[str]]:
+    """(paths to wrap, modules_to_save paths) of a LoRA-style method (LoRA, DoRA, AdaLoRA), checked.
+
+    Raises:
+      ValueError: nothing matches, a match is not a linear layer, or it lies inside modules_to_save.
+    """
+    saved = resolve_modules_to_save(model, modules_to_save)
+    linear_paths = [path for path, node in module_paths(model).items() if is_linear_like(node)]
+    targets = match_modules(model, target_modules, kind=f"{kind} target_modules", candidates=linear_paths)
+    for path in targets:
+        node = get_module(model, path)
+        if not is_linear_like(node):
+            raise ValueError(
+                f"{kind} target {path!r} is a {type(node).__name__}, not a linear layer; target its linear "
+                f"children instead (linear layers: {', '.join(p for p in linear_paths if p.startswith(path + '.'))})"
+            )
+        if any(path == s or path.startswith(s + ".") for s in saved):
+            raise ValueError(
+                f"{kind} target {path!r} lies inside modules_to_save {saved}: a module is either {kind}-adapted or "
+                "trained in full; remove it from one of target_modules / modules_to_save"
+            )
+    return targets, saved
+
+
 def apply_lora(model: nnx.Module, config, *, seed: int = 0) -> nnx.Module:
     """Wrap the targeted linear layers of ``model`` with LoRA, in place.
 
@@ -204,21 +228,7 @@ def apply_lora(model: nnx.Module, config, *, seed: int = 0) -> nnx.Module:
     config = method_config(LoraConfig, config)
     if config.target_modules is None:
         config = dataclasses.replace(config, target_modules=family_of(model).lora_targets)
-    saved = resolve_modules_to_save(model, config.modules_to_save)
-    linear_paths = [path for path, node in module_paths(model).items() if is_linear_like(node)]
-    targets = match_modules(model, config.target_modules, kind="LoRA target_modules", candidates=linear_paths)
-    for path in targets:
-        node = get_module(model, path)
-        if not is_linear_like(node):
-            raise ValueError(
-                f"LoRA target {path!r} is a {type(node).__name__}, not a linear layer; target its linear "
-                f"children instead (linear layers: {', '.join(p for p in linear_paths if p.startswith(path + '.'))})"
-            )
-        if any(path == s or path.startswith(s + ".") for s in saved):
-            raise ValueError(
-                f"LoRA target {path!r} lies inside modules_to_save {saved}: a module is either LoRA-adapted or "
-                "trained in full; remove it from one of target_modules / modules_to_save"
-            )
+    targets, saved = low_rank_targets(model, config.target_modules, config.modules_to_save, "LoRA")
     layer_class = LoraLinear
     if config.use_dora:
         from jaxkernel.peft.dora import DoraLinear, float_kernel_or_error

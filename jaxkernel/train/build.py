@@ -52,7 +52,7 @@ def build_model(config: Config, labels: tuple[str, ...] | None = None) -> nnx.Mo
 
 def adapt_model(model: nnx.Module, config: Config) -> nnx.Module:
     """Apply the config's int8 quantization and PEFT method to ``model`` (in place)."""
-    from jaxkernel.peft import apply_bottleneck, apply_ia3, apply_lora, apply_prefix_tuning
+    from jaxkernel.peft import apply_adalora, apply_bottleneck, apply_ia3, apply_lora, apply_prefix_tuning
     from jaxkernel.quant.transform import quantize_model
 
     if config.train.remat:
@@ -68,10 +68,12 @@ def adapt_model(model: nnx.Module, config: Config) -> nnx.Module:
         apply_ia3(model, p)
     elif p.method == "adapter":
         apply_bottleneck(model, p, seed=config.train.seed)
+    elif p.method == "adalora":
+        apply_adalora(model, p, seed=config.train.seed)
     elif config.quant.method == "int8":
         raise ConfigError(
-            "quant.method=int8 freezes the base model in int8: combine it with peft.method=lora, prefix, ia3 or adapter "
-            "(full fine-tuning of int8 weights is not supported)"
+            "quant.method=int8 freezes the base model in int8: combine it with peft.method=lora, adalora, prefix, ia3 "
+            "or adapter (full fine-tuning of int8 weights is not supported)"
         )
     return model
 
@@ -116,6 +118,11 @@ def build_optimizer(
     schedule = build_schedule(config, total_steps)
     adamw = optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay, mask=decay_mask)
     chain = [optax.clip_by_global_norm(o.max_grad_norm)] if o.max_grad_norm else []
+    if config.peft.method == "adalora":  # orthogonality regulariser + PEFT's rank allocator around AdamW
+        from jaxkernel.peft.adalora_budget import adalora_optimizer
+
+        total = config.peft.total_step or total_steps
+        return adalora_optimizer(adamw, config=config.peft, total_step=total, clip=chain[0] if chain else None), schedule
     if config.sparsity.method != "none":
         from jaxkernel.compress.sparsity import from_config
 

@@ -247,7 +247,9 @@ class Trainer:
 
     def model_for_inference(self):
         """The trained model as an nnx module (eval mode)."""
-        return model_from_state(self.model_def, self.state)
+        from jaxkernel.peft.adalora_budget import attach_rank_pattern  # AdaLoRA: its rank pattern is optimizer state
+
+        return attach_rank_pattern(model_from_state(self.model_def, self.state), self.state.opt_state)
 
     # -- public API ------------------------------------------------------------------------
     def evaluate_loader(self, role: str = "eval") -> DataLoader:
