@@ -73,3 +73,39 @@ def padded_batch(vocab_size: int, lengths=(9, 6, 3), seed: int = 0, left: bool =
         ids[row, span] = rng.randint(3, vocab_size, n)
         mask[row, span] = 1
     return ids, mask
+
+
+LLAMA_CONFIGS = {
+    # multi-head (kv ratio 1), tied embeddings, llama3 rope scaling
+    "h30-mha-tied-llama3": dict(
+        vocab_size=97, hidden_size=30, intermediate_size=46, num_hidden_layers=2, num_attention_heads=3,
+        num_key_value_heads=3, max_position_embeddings=64, tie_word_embeddings=True,
+        rope_parameters=dict(rope_type="llama3", rope_theta=500.0, factor=4.0, low_freq_factor=1.0,
+                             high_freq_factor=4.0, original_max_position_embeddings=16),
+    ),
+    # grouped-query 6/2, explicit head_dim != hidden/heads, linear rope scaling, biases, untied
+    "h36-gqa3-linear-bias": dict(
+        vocab_size=61, hidden_size=36, intermediate_size=50, num_hidden_layers=3, num_attention_heads=6,
+        num_key_value_heads=2, head_dim=8, max_position_embeddings=80, rms_norm_eps=1e-5,
+        rope_parameters=dict(rope_type="linear", rope_theta=1000.0, factor=2.5), attention_bias=True, mlp_bias=True,
+    ),
+    # nine query heads sharing one key/value head, plain rope, untied
+    "h36-q9-kv1": dict(
+        vocab_size=113, hidden_size=36, intermediate_size=38, num_hidden_layers=2, num_attention_heads=9,
+        num_key_value_heads=1, max_position_embeddings=64, rope_parameters=dict(rope_type="default", rope_theta=100.0),
+    ),
+}
+
+LLAMA_HEADS = {
+    "feature-extraction": transformers.LlamaModel,
+    "causal-lm": transformers.LlamaForCausalLM,
+    "sequence-classification": transformers.LlamaForSequenceClassification,
+}
+
+
+def hf_llama(name: str, task: str, num_labels: int = 2, seed: int = 0, pad_token_id: int | None = None):
+    config = transformers.LlamaConfig(
+        **LLAMA_CONFIGS[name], num_labels=num_labels, bos_token_id=1, eos_token_id=2, pad_token_id=pad_token_id,
+    )
+    torch.manual_seed(seed)
+    return _randomise(LLAMA_HEADS[task](config), seed)

@@ -1,20 +1,26 @@
-"""Scaled dot-product attention as a pure function, plus the masks it takes.
+"""Scaled dot-product attention as a pure function, plus the masks and rotary positions it takes.
 
 Prefix tuning is an *input* here (``prefix_kv``), not a fork of the models:
-prefix keys/values are prepended and always visible.
+prefix keys/values are prepended and always visible. Keys and values may have
+fewer heads than queries (grouped-query attention, K divides N).
 
 Example::
 
     mask = padding_mask(attention_mask)            # (B, 1, 1, S)
-    out = attention(q, k, v, mask)                 # q (B, T, N, H) -> (B, T, N, H)
+    out = attention(q, k, v, mask)                 # q (B, T, N, H), k/v (B, S, K, H) -> (B, T, N, H)
+    inv_freq = rope_inverse_frequencies(64, 10000.0)
+    cos, sin = rotary_cos_sin(position_ids, inv_freq)
+    q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
 """
 
 from __future__ import annotations
 
-from typing import Callable, NamedTuple
+import math
+from typing import Any, Callable, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 class KVCache(NamedTuple):
@@ -56,9 +62,17 @@ def padding_mask(attention_mask: jax.Array) -> jax.Array:
     return attention_mask.astype(bool)[:, None, None, :]
 
 
-def causal_mask(query_positions: jax.Array, key_positions: jax.Array) -> jax.Array:
-    """Boolean (1, 1, T, S): a query sees keys at its own position or earlier."""
-    return (key_positions[None, :] <= query_positions[:, None])[None, None]
+def causal_mask(query_positions: jax.Array, key_positions: jax.Array, window: int | None = None) -> jax.Array:
+    """Boolean (1, 1, T, S): a query sees keys at its own position or earlier.
+
+    With ``window`` (sliding-window attention, Mistral) only the last ``window``
+    of them, itself included: ``query - window < key <= query``, HF's rule.
+    Positions here are slots of the sequence buffer, not position ids.
+    """
+    visible = key_positions[None, :] <= query_positions[:, None]
+    if window is not None:
+        visible = visible & (key_positions[None, :] > query_positions[:, None] - window)
+    return visible[None, None]
 
 
 def attention(
@@ -73,16 +87,22 @@ def attention(
 
     Args:
       q: queries (B, T, N, H).
-      k, v: keys and values (B, S, N, H).
+      k, v: keys and values (B, S, K, H). K = N is multi-head attention; K < N
+        (K dividing N) is grouped-query attention: query head n reads key/value
+        head n // (N / K), the order of HF's ``repeat_kv``.
       mask: boolean, broadcastable to (B, N, T, S); True = may attend. None = all.
-      prefix_kv: optional (keys, values), each (B, P, N, H), prepended to k/v and
+      prefix_kv: optional (keys, values), each (B, P, K, H), prepended to k/v and
         visible to every query (prefix tuning).
       dropout: optional function applied to the attention probabilities.
 
     Returns:
       (B, T, N, H) in the dtype of ``v``.
     """
-    head_dim = q.shape[-1]
+    batch, length, num_heads, head_dim = q.shape
+    num_kv = k.shape[2]
+    if num_heads % num_kv:
+        raise ValueError(f"{num_heads} query heads cannot share {num_kv} key/value heads: K must divide N")
+    groups = num_heads // num_kv
     if prefix_kv is not None:
         prefix_k, prefix_v = prefix_kv
         k = jnp.concatenate([prefix_k.astype(k.dtype), k], axis=1)
@@ -92,11 +112,89 @@ def attention(
             mask = jnp.broadcast_to(mask, mask.shape[:-1] + (mask.shape[-1],))
             visible = jnp.ones(mask.shape[:-1] + (num_prefix,), dtype=bool)
             mask = jnp.concatenate([visible, mask], axis=-1)
-    scores = jnp.einsum("BTNH,BSNH->BNTS", q, k, preferred_element_type=jnp.float32)
+    if groups == 1:
+        scores = jnp.einsum("BTNH,BSNH->BNTS", q, k, preferred_element_type=jnp.float32)
+    else:
+        grouped = q.reshape(batch, length, num_kv, groups, head_dim)
+        scores = jnp.einsum("BTKGH,BSKH->BKGTS", grouped, k, preferred_element_type=jnp.float32)
+        scores = scores.reshape(batch, num_heads, length, -1)  # head n = k * G + g
     scores = scores / jnp.sqrt(jnp.float32(head_dim))
     if mask is not None:
         scores = jnp.where(mask, scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1)
     if dropout is not None:
         probs = dropout(probs)
-    return jnp.einsum("BNTS,BSNH->BTNH", probs.astype(v.dtype), v)
+    probs = probs.astype(v.dtype)
+    if groups == 1:
+        return jnp.einsum("BNTS,BSNH->BTNH", probs, v)
+    probs = probs.reshape(batch, num_kv, groups, length, -1)
+    return jnp.einsum("BKGTS,BSKH->BTKGH", probs, v).reshape(batch, length, num_heads, head_dim)
+
+
+# ---------------------------------------------------------------- rotary position embeddings
+
+ROPE_TYPES = ("default", "linear", "llama3")
+
+
+def rope_inverse_frequencies(head_dim: int, theta: float, scaling: Mapping[str, Any] | None = None) -> np.ndarray:
+    """Rotary inverse frequencies (H/2,) float32, computed as HF computes them.
+
+    Args:
+      head_dim: H (even).
+      theta: the base (``rope_theta``).
+      scaling: HF's ``rope_scaling`` / ``rope_parameters`` dict, or None. Its
+        ``rope_type`` (or legacy ``type``) may be "default", "linear" (``factor``:
+        positions divided by it) or "llama3" (``factor``, ``low_freq_factor``,
+        ``high_freq_factor``, ``original_max_position_embeddings``).
+
+    Raises:
+      ValueError: another rope type (yarn, dynamic, longrope...) or a partial rotary factor.
+    """
+    scaling = dict(scaling or {})
+    rope_type = scaling.get("rope_type", scaling.get("type")) or "default"
+    if rope_type not in ROPE_TYPES:
+        raise ValueError(
+            f"rope_scaling type {rope_type!r} is not supported by jaxkernel; supported: {', '.join(ROPE_TYPES)}"
+        )
+    if scaling.get("partial_rotary_factor", 1.0) != 1.0:
+        raise ValueError(f"partial_rotary_factor={scaling['partial_rotary_factor']} is not supported (only 1.0)")
+    if head_dim % 2:
+        raise ValueError(f"rotary embeddings need an even head_dim, got {head_dim}")
+    exponent = np.arange(0, head_dim, 2, dtype=np.int64).astype(np.float32) / np.float32(head_dim)
+    inv_freq = np.float32(1.0) / (np.float32(theta) ** exponent)
+    if rope_type == "linear":
+        inv_freq = inv_freq / np.float32(scaling["factor"])
+    elif rope_type == "llama3":
+        inv_freq = _llama3_frequencies(inv_freq, scaling)
+    return inv_freq.astype(np.float32)
+
+
+def _llama3_frequencies(inv_freq: np.ndarray, scaling: Mapping[str, Any]) -> np.ndarray:
+    """Llama 3.1: long wavelengths divided by ``factor``, short kept, a smooth ramp between."""
+    try:
+        factor = np.float32(scaling["factor"])
+        low, high = scaling["low_freq_factor"], scaling["high_freq_factor"]
+        context = scaling["original_max_position_embeddings"]
+    except KeyError as err:
+        raise ValueError(f"rope_scaling type 'llama3' needs {err.args[0]!r}; got {dict(scaling)}") from None
+    low_wavelen, high_wavelen = context / low, context / high
+    wavelen = np.float32(2 * math.pi) / inv_freq
+    scaled = np.where(wavelen > low_wavelen, inv_freq / factor, inv_freq)
+    smooth = (context / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
+    return np.where(medium, smoothed, scaled).astype(np.float32)
+
+
+def rotary_cos_sin(position_ids: jax.Array, inv_freq: np.ndarray) -> tuple[jax.Array, jax.Array]:
+    """(cos, sin), each (B, T, H) float32, for integer ``position_ids`` (B, T)."""
+    freqs = position_ids.astype(jnp.float32)[..., None] * jnp.asarray(inv_freq)  # (B, T, H/2)
+    angles = jnp.concatenate([freqs, freqs], axis=-1)
+    return jnp.cos(angles), jnp.sin(angles)
+
+
+def apply_rotary(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """Rotate (B, T, N, H) queries or keys by (B, T, H) angles (HF's rotate_half layout)."""
+    cos, sin = cos[:, :, None, :].astype(x.dtype), sin[:, :, None, :].astype(x.dtype)
+    first, second = jnp.split(x, 2, axis=-1)
+    return x * cos + jnp.concatenate([-second, first], axis=-1) * sin

@@ -35,11 +35,15 @@ class GenerationConfig:
     temperature: float = 1.0
     top_k: int | None = None
     top_p: float | None = None
-    eos_token_id: int | None = None
-    pad_token_id: int | None = None  # emitted after EOS; defaults to eos_token_id, then 0
+    eos_token_id: int | tuple[int, ...] | None = None  # several ids (a list, as in generation_config.json) all stop
+    pad_token_id: int | None = None  # emitted after EOS; defaults to the (first) eos_token_id, then 0
     use_cache: bool = True
 
     def __post_init__(self):
+        eos = self.eos_token_id
+        if eos is not None and not isinstance(eos, int):  # hashable: the config is a jit static argument
+            eos = (tuple(int(i) for i in eos) or None) if hasattr(eos, "__iter__") else int(eos)
+            object.__setattr__(self, "eos_token_id", eos)
         if self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if self.do_sample and self.temperature <= 0:
@@ -103,7 +107,8 @@ def _generate_jit(graphdef, state, input_ids, attention_mask, rng, config: Gener
     batch, prompt_len = input_ids.shape
     total = prompt_len + config.max_new_tokens
     eos = config.eos_token_id
-    pad = config.pad_token_id if config.pad_token_id is not None else (eos if eos is not None else 0)
+    eos = (eos,) if isinstance(eos, int) else eos
+    pad = config.pad_token_id if config.pad_token_id is not None else (eos[0] if eos is not None else 0)
 
     tokens = jnp.full((batch, total), pad, jnp.int32).at[:, :prompt_len].set(input_ids)
     mask = jnp.zeros((batch, total), jnp.int32).at[:, :prompt_len].set(attention_mask)
@@ -134,7 +139,7 @@ def _generate_jit(graphdef, state, input_ids, attention_mask, rng, config: Gener
         tokens = jax.lax.dynamic_update_slice_in_dim(tokens, token[:, None], position, axis=1)
         mask = jax.lax.dynamic_update_slice_in_dim(mask, jnp.ones((batch, 1), jnp.int32), position, axis=1)
         if eos is not None:
-            done = done | (token == eos)
+            done = done | jnp.isin(token, jnp.asarray(eos, jnp.int32))
         if config.use_cache:
             logits, cache = model(token[:, None], jnp.ones((batch, 1), jnp.int32), cache=cache)
             next_logits = logits[:, -1]

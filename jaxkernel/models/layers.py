@@ -8,6 +8,7 @@ Einsum letter legend used across ``jaxkernel.models``:
 
     B batch   T query length   S key length   D model width   N heads
     H head dim   F MLP width   V vocab   L labels
+    K key/value heads (grouped-query attention)   G query heads per key/value head (N = K * G)
 
 Example::
 
@@ -146,6 +147,43 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "swish": jax.nn.silu,
     "tanh": jnp.tanh,
 }
+
+
+class RMSNorm(nnx.Module):
+    """Root-mean-square norm (Llama, Mistral, Qwen2): ``x / rms(x) * scale``, no mean, no bias.
+
+    Computed in float32 and cast back before the scale, exactly like HF's ``LlamaRMSNorm``.
+    """
+
+    def __init__(self, features: int, *, eps: float, param_dtype=jnp.float32, rngs: nnx.Rngs | None = None):
+        self.eps = eps
+        self.scale = logical_param(jnp.ones((features,), param_dtype), ("norm",))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x32 = x.astype(jnp.float32)
+        y = x32 * jax.lax.rsqrt(jnp.square(x32).mean(-1, keepdims=True) + self.eps)
+        return self.scale[...].astype(x.dtype) * y.astype(x.dtype)
+
+
+class GatedMlp(nnx.Module):
+    """Gated feed-forward ``down(act(gate(x)) * up(x))`` (SwiGLU with ``act=silu``).
+
+    Attribute names are HF's (``gate_proj``, ``up_proj``, ``down_proj``), shared by
+    Llama, Mistral, Qwen2 and most later decoders.
+    """
+
+    def __init__(self, features: int, hidden: int, *, act: str = "silu", use_bias: bool = False,
+                 stddev: float = 0.02, dtype=None, rngs: nnx.Rngs):
+        if act not in ACTIVATIONS:
+            raise ValueError(f"activation {act!r} is not supported; use one of {sorted(ACTIVATIONS)}")
+        init = dict(use_bias=use_bias, stddev=stddev, dtype=dtype, rngs=rngs)
+        self.gate_proj = Linear(features, hidden, axes=("embed", "mlp"), **init)
+        self.up_proj = Linear(features, hidden, axes=("embed", "mlp"), **init)
+        self.down_proj = Linear(hidden, features, axes=("mlp", "embed"), **init)
+        self.act = ACTIVATIONS[act]
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))  # (B, T, F) -> (B, T, D)
 
 
 # The sharding package installs a function here while it traces a sharded step; models

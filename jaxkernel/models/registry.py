@@ -27,6 +27,7 @@ from flax import nnx
 FAMILY_MODULES = (
     "jaxkernel.hf.bert",
     "jaxkernel.hf.gpt2",
+    "jaxkernel.hf.llama",
     "jaxkernel.hf.roberta",
 )
 

@@ -158,12 +158,26 @@ def _run_generate(args) -> int:
     trainer = _trainer(args, ("train",), require_checkpoint=_is_run_dir(args.config))
     model = trainer.model_for_inference()
     tokenizer = trainer.data.tokenizer
+    eos = tokenizer.eos_token_id
+    if args.chat:
+        if not getattr(tokenizer, "chat_template", None):
+            raise ValueError(f"the tokenizer of {trainer.config.model.path} has no chat template: drop --chat")
+        # A chat turn may end on the model's own EOS ids too (generation_config lists several).
+        config_eos = getattr(model.config, "eos_token_id", None)
+        extra = [config_eos] if isinstance(config_eos, int) else list(config_eos or ())
+        eos = list(dict.fromkeys(([eos] if eos is not None else []) + extra)) or None
     for prompt in args.prompt:
-        ids = tokenizer(prompt, return_tensors="np")["input_ids"]
+        if args.chat:  # the question as one user turn, then the assistant's turn opened
+            text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                                 add_generation_prompt=True)
+            ids = tokenizer(text, return_tensors="np", add_special_tokens=False)["input_ids"]
+        else:
+            ids = tokenizer(prompt, return_tensors="np")["input_ids"]
         out = generate(model, ids, max_new_tokens=args.max_new_tokens, do_sample=args.temperature > 0,
                        temperature=args.temperature or 1.0, top_k=args.top_k, top_p=args.top_p, seed=args.seed,
-                       eos_token_id=tokenizer.eos_token_id)
-        print(tokenizer.decode(out[0].tolist(), skip_special_tokens=True))
+                       eos_token_id=eos)
+        shown = out[0, ids.shape[1]:] if args.chat else out[0]  # chat: the answer only
+        print(tokenizer.decode(shown.tolist(), skip_special_tokens=True))
     return 0
 
 
@@ -208,7 +222,7 @@ def add_train_verbs(subparsers) -> None:
     p.add_argument("--output", default="-", help="JSONL output ('-' = stdout)")
     p.set_defaults(func=_run_predict)
 
-    p = subparsers.add_parser("generate", help="generate text with a GPT-2 run (or config)")
+    p = subparsers.add_parser("generate", help="generate text with a causal-LM run (or config)")
     _common(p, "its latest checkpoint")
     p.add_argument("--prompt", action="append", required=True, help="prompt text (repeatable)")
     p.add_argument("--max-new-tokens", type=int, default=64)
@@ -216,6 +230,7 @@ def add_train_verbs(subparsers) -> None:
     p.add_argument("--top-k", type=int, default=None)
     p.add_argument("--top-p", type=float, default=None)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--chat", action="store_true", help="wrap each prompt in the tokenizer's chat template")
     p.set_defaults(func=_run_generate)
 
     p = subparsers.add_parser("export", help="export a run to a transformers directory or a PEFT adapter")
