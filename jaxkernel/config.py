@@ -287,6 +287,9 @@ class TrainConfig:
     # accuracy for classification, perplexity for LM). Loss and perplexity are minimised.
     early_stopping_metric: Optional[str] = None
     remat: bool = False  # rematerialise each transformer layer (less memory, more compute)
+    # Keep compiled XLA programs on disk so an identical later run compiles (almost) nothing:
+    # in $JAXKERNEL_CACHE_DIR, else ~/.cache/jaxkernel/xla. JAXKERNEL_CACHE_DIR=off also disables it.
+    compilation_cache: bool = True
     run_dir: str = "runs/run"  # checkpoints, logs and the resolved config.yaml go here; train resumes from it
 
     def __post_init__(self):

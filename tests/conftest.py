@@ -10,6 +10,13 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if "JAXKERNEL_CACHE_DIR" not in os.environ:  # the trainer's XLA compilation cache: never the user's home
+    import atexit
+    import shutil
+    import tempfile
+
+    os.environ["JAXKERNEL_CACHE_DIR"] = tempfile.mkdtemp(prefix="jaxkernel-test-xla-")
+    atexit.register(shutil.rmtree, os.environ["JAXKERNEL_CACHE_DIR"], True)
 
 from pathlib import Path  # noqa: E402
 

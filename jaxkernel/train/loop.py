@@ -40,8 +40,11 @@ from jaxkernel.config import Config, ConfigError, RESOLVED_NAME, config_to_dict,
 from jaxkernel.data import build_loader, build_task_data
 from jaxkernel.data.loader import DataLoader
 from jaxkernel.train.build import build_mesh, build_model, build_optimizer
+from jaxkernel.train.compile_cache import CompileTimed, enable_compilation_cache
 from jaxkernel.train.evaluate import evaluate_split
-from jaxkernel.train.step import init_train_state, make_eval_step, make_train_step, model_from_state
+from jaxkernel.train.step import (
+    accumulate_train_metrics, init_train_state, make_eval_step, make_train_step, model_from_state,
+)
 
 log = logging.getLogger(__name__)
 # Fields that must match for a run directory to be resumed by this config.
@@ -102,6 +105,7 @@ class Trainer:
             instead of using the untrained model: for eval, predict and export.
         """
         self.config = config
+        self.compile_cache = enable_compilation_cache(config.train.compilation_cache)  # before the first compile
         self.run_dir = run_path(config.train.run_dir)
         self.is_main = jax.process_index() == 0
         if require_checkpoint:
@@ -125,8 +129,12 @@ class Trainer:
             self.model, self.tx, trainable=trainable_filter(self.model), seed=config.train.seed,
             mesh=self.mesh, rules=self.rules,
         )
-        self.train_step = make_train_step(self.model_def, self.tx, microbatches=k, loss_fn=self._loss_fn())
-        self.eval_step = make_eval_step(self.model_def)
+        self.compile_times: list[dict] = []  # one entry per compiled (program, batch shape)
+        self.train_step = CompileTimed(
+            make_train_step(self.model_def, self.tx, microbatches=k, loss_fn=self._loss_fn()), "train", self._compiled
+        )
+        self.eval_step = CompileTimed(make_eval_step(self.model_def), "eval", self._compiled)
+        self._eval_cache: dict[str, tuple] = {}  # role -> (state evaluated, metrics)
         self.checkpointer = Checkpointer(
             self.run_dir / "checkpoints", keep_last=config.checkpoint.keep_last,
             best_metric=config.checkpoint.keep_best_metric, async_save=config.checkpoint.async_save,
@@ -258,8 +266,23 @@ class Trainer:
                             process_count=jax.process_count())
 
     def evaluate(self, role: str = "eval") -> dict:
-        """The task's metrics on ``role`` ("eval" or "test") with the current state."""
-        return evaluate_split(self.eval_step, self.state, self.evaluate_loader(role), self.data, role, self.to_device)
+        """The task's metrics on ``role`` ("eval" or "test") with the current state.
+
+        The same state is never evaluated twice: asked again before the state changed (the
+        same step), it returns the metrics it already computed.
+        """
+        cached = self._eval_cache.get(role)
+        if cached is not None and cached[0] is self.state:
+            return cached[1]
+        metrics = evaluate_split(self.eval_step, self.state, self.evaluate_loader(role), self.data, role,
+                                 self.to_device)
+        self._eval_cache[role] = (self.state, metrics)
+        return metrics
+
+    def _compiled(self, info: dict) -> None:
+        self.compile_times.append(info)
+        log.info("compiled the %s step for length %s in %.2f s%s", info["program"], info["length"], info["seconds"],
+                 " (from the persistent compilation cache)" if info["cache_hits"] else "")
 
     def fit(self) -> dict:
         """Train to ``total_steps`` (resuming if checkpoints exist); returns final metrics."""
@@ -296,7 +319,10 @@ class Trainer:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=self.total_steps, initial=self._restored_step, desc="train", dynamic_ncols=True)
-        tokens, t0, finite = 0, time.perf_counter(), jnp.bool_(True)
+        tokens, t0 = 0, time.perf_counter()
+        # Loss sum, step count and "all finite" stay on the device: fetched at logging boundaries only.
+        window = {"loss_sum": jnp.float32(0), "steps": jnp.int32(0), "finite": jnp.bool_(True)}
+        compiles_logged = len(self.compile_times)
         step = self._restored_step
         last_good = self.checkpointer.latest_step()
         stop = False
@@ -304,13 +330,18 @@ class Trainer:
             batch = self._next_batch()
             tokens += int(batch["attention_mask"].sum()) * jax.process_count()
             self.state, metrics = self.train_step(self.state, self.to_device(batch))
-            finite = finite & jnp.isfinite(metrics["loss"])
+            window = accumulate_train_metrics(window, metrics)
             step += 1
             if step % c.logging.every == 0 or step == self.total_steps:
-                self._check_finite(finite, step, last_good)
+                fetched = jax.device_get(window)
+                self._check_finite(fetched["finite"], step, last_good)
+                window = {**window, "loss_sum": jnp.float32(0), "steps": jnp.int32(0)}
                 elapsed = time.perf_counter() - t0
-                record = {"step": step, "split": "train", "loss": float(metrics["loss"]),
+                record = {"step": step, "split": "train", "loss": float(fetched["loss_sum"] / fetched["steps"]),
                           "learning_rate": float(self.schedule(step - 1)), "tokens_per_s": tokens / max(elapsed, 1e-9)}
+                for info in self.compile_times[compiles_logged:]:
+                    self._log({"step": step, "split": "compile", **info})
+                compiles_logged = len(self.compile_times)
                 self._log(record)
                 if bar is not None:
                     bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{record['tokens_per_s']:.0f}")
@@ -325,7 +356,7 @@ class Trainer:
                 stop = self._early_stop(eval_metrics.get(metric))
             every = c.checkpoint.every
             if (every and step % every == 0) or step == self.total_steps or stop:
-                self._check_finite(finite, step, last_good)
+                self._check_finite(window["finite"], step, last_good)
                 self._save(step, eval_metrics)
                 last_good = step
         if bar is not None:
@@ -334,6 +365,8 @@ class Trainer:
         if c.eval.test_at_end and "test" in self.data.features:
             results["test"] = self.evaluate("test")
             self._log({"step": step, "split": "test", **results["test"]})
+        for info in self.compile_times[compiles_logged:]:
+            self._log({"step": step, "split": "compile", **info})
         self._flush_metrics()
         if self.is_main:
             (self.run_dir / "results.json").write_text(json.dumps(results, indent=2))
@@ -366,7 +399,7 @@ class Trainer:
         self.checkpointer.unreadable = []
 
     def _check_finite(self, finite, step: int, last_good: int | None) -> None:
-        if not bool(finite):
+        if not bool(jax.device_get(finite)):
             self.checkpointer.wait()
             where = f"step {last_good}" if last_good is not None else "none saved yet"
             raise TrainingDiverged(

@@ -308,6 +308,18 @@ def make_train_step(
     )
 
 
+@jax.jit
+def accumulate_train_metrics(window: dict, metrics: dict) -> dict:
+    """Add one step's ``metrics`` to ``window`` = ``{"loss_sum", "steps", "finite"}``, on the device.
+
+    The train loop keeps its running loss and "every loss was finite" here and fetches them
+    (``jax.device_get``) at logging boundaries only: no host sync per step.
+    """
+    loss = metrics["loss"]
+    return {"loss_sum": window["loss_sum"] + loss, "steps": window["steps"] + 1,
+            "finite": window["finite"] & jnp.isfinite(loss)}
+
+
 def make_eval_step(
     model_def: ModelDef, *, loss_fn: LossFn | None = None
 ) -> Callable[[TrainState, Batch], tuple[dict, Any]]:
