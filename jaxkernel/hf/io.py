@@ -5,11 +5,16 @@ safetensors first: ``model.safetensors`` or a sharded set with
 torch with ``weights_only=True``; anything else is refused with a clear message.
 Hub ids are downloaded with ``huggingface_hub`` when the path is not a directory.
 
+:func:`open_weights` reads nothing up front: it maps each key to a tensor whose
+``read(index)`` reads just that slice from the file (``safe_open(...).get_slice``), which
+is how sharded loads read only what each host's devices hold.
+
 Example::
 
     directory = resolve_model_dir("sentence-transformers/all-MiniLM-L6-v2")
     config = read_config(directory)
-    tensors = read_weights(directory)
+    tensors, name = read_weights(directory)        # every tensor, in memory
+    lazy, name = open_weights(directory)           # lazy["bert.pooler.dense.weight"].read((slice(0, 8), slice(None)))
 """
 
 from __future__ import annotations
@@ -88,6 +93,108 @@ def read_weights(directory: Path) -> tuple[dict[str, np.ndarray], str]:
     raise FileNotFoundError(
         f"no weights in {directory}: expected {SAFE_WEIGHTS}, {SAFE_INDEX} or {TORCH_WEIGHTS}; found {found}"
     )
+
+
+class SafetensorsTensor:
+    """One tensor of a safetensors file, read on demand, whole or by slice.
+
+    ``shape`` and ``dtype`` (numpy; bfloat16 reads as float32) come from the header;
+    ``read(index)`` returns the elements at ``index`` (a tuple of slices, ``...`` for all)
+    and adds the bytes it read to its reader's ``bytes_read``.
+    """
+
+    def __init__(self, reader: "WeightReader", file: Path, key: str, shape, dtype: str):
+        self.reader, self.file, self.key, self.shape = reader, file, key, tuple(shape)
+        self.file_dtype = dtype
+        self.dtype = np.dtype(np.float32) if dtype == "BF16" else np.dtype(_SAFE_DTYPES.get(dtype, "float32"))
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * (2 if self.file_dtype == "BF16" else self.dtype.itemsize)
+
+    def read(self, index=Ellipsis) -> np.ndarray:
+        handle = self.reader.handle(self.file, torch=self.file_dtype == "BF16", tensor=self.key)
+        if index is Ellipsis or not self.shape:
+            value = handle.get_tensor(self.key)
+        else:
+            value = handle.get_slice(self.key)[tuple(index)]
+        if self.file_dtype == "BF16":  # numpy has no bfloat16: through torch, as float32
+            self.reader.bytes_read += value.numel() * 2
+            return value.float().numpy()
+        self.reader.bytes_read += value.nbytes
+        return value
+
+
+_SAFE_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "I64": "int64", "I32": "int32",
+                "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
+
+
+class WeightReader(dict):
+    """HF key -> :class:`SafetensorsTensor` of a model directory; nothing is read until asked.
+
+    ``bytes_read`` counts the tensor bytes read so far (tests and benchmarks use it).
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.bytes_read = 0
+        self._handles: dict = {}
+
+    def handle(self, file: Path, torch: bool = False, tensor: str | None = None):
+        """An open ``safe_open`` handle; kept only while the same ``tensor`` is being read.
+
+        safetensors maps the file into memory, and every page a read touches counts in this
+        process's resident memory for as long as the mapping lives: one handle per tensor
+        (dropped when the next tensor is read) keeps a load's footprint at one tensor's pages.
+        """
+        from safetensors import safe_open
+
+        key = (file, torch, tensor)
+        if key not in self._handles:
+            self._handles.clear()  # unmaps the previous tensor's pages
+            try:
+                self._handles[key] = safe_open(str(file), framework="pt" if torch else "numpy")
+            except Exception as err:
+                raise ValueError(
+                    f"{file} is not a readable safetensors file ({err}): it is damaged or incomplete (an "
+                    "interrupted download or copy?); download or copy it again, or re-save the model"
+                ) from err
+        return self._handles[key]
+
+    def close(self) -> None:
+        self._handles.clear()
+
+    def add_file(self, file: Path, keys=None) -> None:
+        handle = self.handle(file)
+        for key in handle.keys() if keys is None else keys:
+            piece = handle.get_slice(key)
+            self[key] = SafetensorsTensor(self, file, key, piece.get_shape(), piece.get_dtype())
+        self.close()
+
+
+def open_weights(directory: Path) -> tuple[dict, str]:
+    """Like :func:`read_weights`, but lazy for safetensors: a :class:`WeightReader` and the file name(s).
+
+    ``pytorch_model.bin`` cannot be read by slice: it is read whole (a plain dict).
+    """
+    directory = Path(directory)
+    if (directory / SAFE_WEIGHTS).is_file():
+        reader = WeightReader()
+        reader.add_file(directory / SAFE_WEIGHTS)
+        return reader, SAFE_WEIGHTS
+    if (directory / SAFE_INDEX).is_file():
+        index = json.loads((directory / SAFE_INDEX).read_text())
+        reader = WeightReader()
+        by_shard: dict[str, list[str]] = {}
+        for key, shard in index["weight_map"].items():
+            by_shard.setdefault(shard, []).append(key)
+        for shard in sorted(by_shard):
+            if not (directory / shard).is_file():
+                raise FileNotFoundError(f"{SAFE_INDEX} names shard {shard}, which is missing from {directory}: "
+                                        "copy or download the missing shard, or re-save the model")
+            reader.add_file(directory / shard)  # every key of the shard, as read_weights does
+        return reader, SAFE_INDEX
+    return read_weights(directory)
 
 
 def _load_safetensors(file: Path) -> dict[str, np.ndarray]:

@@ -30,15 +30,58 @@ from flax import nnx
 
 @dataclasses.dataclass(frozen=True)
 class Transform:
-    """An invertible array transform: ``to_ours`` on import, ``to_hf`` on export."""
+    """An invertible array transform: ``to_ours`` on import, ``to_hf`` on export.
+
+    ``hf_index`` maps an index (a tuple of slices) into *our* array to the index of the
+    HF tensor that holds those elements, so a sliced load reads only what a device
+    needs: ``to_ours(hf[hf_index(i)]) == to_ours(hf)[i]``. None: slices need the whole tensor.
+    """
 
     name: str
     to_ours: Callable[[np.ndarray], np.ndarray]
     to_hf: Callable[[np.ndarray], np.ndarray]
+    hf_index: Callable[[tuple], tuple] | None = None
 
 
-IDENTITY = Transform("identity", lambda a: a, lambda a: a)
-TRANSPOSE = Transform("transpose", lambda a: a.T, lambda a: a.T)  # torch Linear (out, in) <-> (in, out)
+IDENTITY = Transform("identity", lambda a: a, lambda a: a, lambda index: index)
+# torch Linear (out, in) <-> (in, out); our rows are its columns, so a slice reverses too.
+TRANSPOSE = Transform("transpose", lambda a: a.T, lambda a: a.T, lambda index: tuple(reversed(index)))
+
+
+class TransformedTensor:
+    """A checkpoint tensor seen through a :class:`Transform`, read whole or one slice at a time.
+
+    ``tensor`` is a numpy array or a lazy source with ``shape``, ``dtype`` and
+    ``read(index=...)`` (``jaxkernel.hf.io.open_weights``): then a slice reads only
+    its bytes from disk (where the transform has an ``hf_index``).
+    """
+
+    def __init__(self, tensor, transform: Transform, dtype=None):
+        if not hasattr(tensor, "read"):
+            tensor = np.asarray(tensor)
+        self.tensor, self.transform = tensor, transform
+        self.dtype = np.dtype(dtype if dtype is not None else tensor.dtype)
+        # the transform applied to a zero-byte stand-in of the right shape gives our shape
+        self.shape = tuple(transform.to_ours(np.broadcast_to(np.zeros((), np.int8), tuple(tensor.shape))).shape)
+
+    def _read_hf(self, index=Ellipsis) -> np.ndarray:
+        if hasattr(self.tensor, "read"):
+            return self.tensor.read(index)
+        return np.asarray(self.tensor)[index]
+
+    def read(self, index=Ellipsis) -> np.ndarray:
+        """Our-layout elements at ``index`` (a tuple of slices; ``...`` = everything)."""
+        if index is Ellipsis or not self.shape:
+            value = self.transform.to_ours(self._read_hf())
+        elif self.transform.hf_index is None:
+            value = self.transform.to_ours(self._read_hf())[index]
+        else:
+            value = self.transform.to_ours(self._read_hf(tuple(self.transform.hf_index(tuple(index)))))
+        return np.asarray(value, dtype=self.dtype)
+
+    def __array__(self, dtype=None, copy=None):
+        value = self.read()
+        return value if dtype is None else value.astype(dtype)
 
 
 def _template_regex(template: str) -> re.Pattern:
@@ -133,15 +176,17 @@ def import_tensors(
             continue
         if key in used:
             raise MappingError(f"tensor {key!r} in {source} would be used twice (second time for {path})")
-        value = rule.transform.to_ours(np.asarray(tensors[key]))
+        value = TransformedTensor(tensors[key], rule.transform, var.dtype)
         expected = tuple(var.shape)
-        if tuple(value.shape) != expected:
+        if value.shape != expected:
             raise MappingError(
-                f"tensor {key!r} in {source} has shape {tuple(np.asarray(tensors[key]).shape)}; "
+                f"tensor {key!r} in {source} has shape {tuple(tensors[key].shape)}; "
                 f"parameter {path} expects {expected} after {rule.transform.name}: "
                 "does config.json match the weights?"
             )
-        var[...] = np.asarray(value, dtype=var.dtype)
+        # A placement slot (jaxkernel.sharding.placement) keeps the lazy tensor and later reads
+        # only its devices' slices; a concrete model takes the whole array now.
+        var[...] = value if getattr(var.get_value(), "takes_lazy", False) else value.read()
         used.add(key)
         loaded.append(path)
     if missing:

@@ -6,9 +6,11 @@
   only its own shards.
 * :func:`from_pretrained_sharded` loads Hugging Face weights straight into their
   shards: the mapping engine (``jaxkernel.hf.mapping``) fills an abstract model
-  with host numpy arrays, then ``jax.make_array_from_callback`` copies to each
-  device only the slice it owns. Heads absent from the checkpoint are
-  initialised sharded.
+  with lazy checkpoint tensors, then ``jax.make_array_from_callback`` reads from the
+  safetensors file only the slice each of this process's devices owns (through the
+  table's transforms: a transposed torch Linear reads the transposed slice). Heads
+  absent from the checkpoint are initialised sharded. :func:`load_sharded` without a
+  mesh is also how plain ``from_pretrained`` loads (abstract model, then fill).
 * :func:`shard_batch` turns each host's local batch into one global array with
   ``jax.make_array_from_process_local_data`` (multi-host data loading).
 
@@ -66,9 +68,11 @@ def create_sharded(model_fn: Callable[[], nnx.Module], mesh: Mesh, rules="fsdp")
 class _Slot:
     """Stands in for an abstract parameter so the HF mapping engine can 'fill' it.
 
-    ``import_tensors`` reads ``shape``/``dtype`` and assigns ``var[...] = array``;
-    the slot just keeps the host array, so nothing is allocated on a device.
+    ``import_tensors`` reads ``shape``/``dtype`` and assigns ``var[...] = tensor``;
+    the slot keeps the (lazy) tensor, so nothing is read or allocated yet.
     """
+
+    takes_lazy = True  # import_tensors hands over a TransformedTensor instead of reading it
 
     def __init__(self, shape, dtype):
         self.shape, self.dtype, self.value = tuple(shape), np.dtype(dtype), None
@@ -83,10 +87,68 @@ class _Slot:
         self.value = value
 
 
-def place_host_array(value: np.ndarray, sharding: NamedSharding) -> jax.Array:
-    """A global array whose devices each receive only their slice of ``value``."""
-    value = np.asarray(value)
-    return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
+def _index_key(index) -> tuple:
+    return tuple((s.start, s.stop, s.step) if isinstance(s, slice) else s for s in index)
+
+
+def place_host_array(value, sharding: NamedSharding | None = None) -> jax.Array:
+    """A global array whose devices each receive only their slice of ``value``.
+
+    ``value`` is a numpy array or a tensor with ``read(index)`` (a lazy checkpoint
+    tensor): then only the slices of this process's devices are read, each once
+    (replicas share it). ``sharding`` None: one array on the default device.
+    """
+    read = value.read if hasattr(value, "read") else (lambda index, v=np.asarray(value): v[index])
+    if sharding is None:
+        return jax.device_put(read(Ellipsis))
+    cache: dict = {}
+
+    def piece(index):
+        key = _index_key(index)
+        if key not in cache:
+            cache[key] = read(tuple(index))
+        return cache[key]
+
+    return jax.make_array_from_callback(tuple(value.shape), sharding, piece)
+
+
+def _trace_model(model_fn: Callable[[], nnx.Module]):
+    """(abstract model, init) from one trace of ``model_fn``.
+
+    ``init(paths, shardings)`` computes only the variables at ``paths`` (flat state paths):
+    the traced program is cut down to what they depend on before it is compiled, so a
+    new head or the RNG streams cost a tiny program, not the whole random initialisation.
+    Values equal ``jax.jit(model_fn)``'s (the same threefry computations).
+    """
+    from jax._src import core
+    from jax._src.interpreters import partial_eval as pe
+
+    box = {}
+
+    def traced():
+        box["graphdef"], state = nnx.split(model_fn())
+        return state
+
+    closed, shapes = jax.make_jaxpr(traced, return_shape=True)()
+    abstract = nnx.merge(box["graphdef"], shapes)
+    order = [path for path, _ in nnx.to_flat_state(shapes)]  # the order of the traced outputs
+
+    def init(paths, shardings=None):
+        wanted = set(paths)
+        used = [path in wanted for path in order]
+        jaxpr, used_consts = pe.dce_jaxpr(pe.convert_constvars_jaxpr(closed.jaxpr), used)
+        consts = [c for c, keep in zip(closed.consts, used_consts) if keep]
+        computed = [p for p in order if p in wanted]
+        out_shardings = None
+        if shardings is not None:
+            by_path = dict(zip(paths, shardings))
+            out_shardings = [by_path[p].get_value() if isinstance(by_path[p], nnx.Variable) else by_path[p]
+                             for p in computed]
+        values = jax.jit(lambda *c: core.eval_jaxpr(jaxpr, [], *c), out_shardings=out_shardings)(*consts)
+        by_path = dict(zip(computed, values))
+        return [by_path[p] for p in paths]
+
+    return abstract, init
 
 
 def from_pretrained_sharded(
@@ -104,12 +166,12 @@ def from_pretrained_sharded(
 ) -> nnx.Module:
     """``jaxkernel.from_pretrained`` that loads each weight straight into its shards.
 
-    Same arguments as ``from_pretrained`` plus ``mesh`` and ``rules``. The
-    checkpoint is read on the host (each host reads it on multi-host runs);
-    devices receive only their slices.
+    Same arguments as ``from_pretrained`` plus ``mesh`` and ``rules``. Each process
+    reads from the checkpoint only the slices its own devices hold (safetensors;
+    a ``pytorch_model.bin`` is read whole); no process ever holds the whole model.
     """
     from jaxkernel.hf import io
-    from jaxkernel.hf.pretrained import config_from_pretrained, load_tensors
+    from jaxkernel.hf.pretrained import config_from_pretrained
 
     rules = sharding_rules.get_rules(rules)
     overrides = {"num_labels": num_labels, "labels": labels}
@@ -117,31 +179,39 @@ def from_pretrained_sharded(
         overrides["dtype"] = dtype
     family, config, default_task, directory = config_from_pretrained(path_or_id, revision=revision, strict=strict, **overrides)
     task = task or default_task
+    family.check_task(task)
     model_fn = lambda: family.build(task, config, seed=seed)  # noqa: E731
-    tensors, source = io.read_weights(directory)
+    tensors, source = io.open_weights(directory)
     return load_sharded(model_fn, tensors, mesh, rules, source=str(directory / source))
 
 
 def load_sharded(
     model_fn: Callable[[], nnx.Module],
     tensors: Mapping[str, np.ndarray],
-    mesh: Mesh,
+    mesh: Mesh | None,
     rules="fsdp",
     *,
     source: str = "tensors",
 ) -> nnx.Module:
-    """Build ``model_fn()`` sharded on ``mesh`` with HF-named ``tensors`` placed into it.
+    """Build ``model_fn()`` abstractly and place HF-named ``tensors`` into it (sharded on ``mesh``).
 
-    The HF mapping table and its checks (exactly-once use, shapes, tied heads)
-    run unchanged on an abstract model; parameters the tensors do not cover
-    (new task heads) are initialised in their shards.
+    The one loading path: ``from_pretrained`` calls it with ``mesh=None`` (every tensor
+    whole on the default device), ``from_pretrained_sharded`` with a mesh. The model is
+    never initialised at random and overwritten: ``nnx.eval_shape`` gives the shapes,
+    the HF mapping table and its checks (exactly-once use, shapes, tied heads) run on
+    that abstract model, and each parameter is placed from its (lazy) tensor. Only what
+    the tensors do not cover (new task heads, RNG streams) is initialised, in its shards.
     """
     from jaxkernel.hf.pretrained import load_tensors
 
-    rules = sharding_rules.get_rules(rules)
-    abstract = nnx.eval_shape(model_fn)
-    sharding_rules.check_model(getattr(abstract, "config", None), rules, mesh)
-    graphdef, shardings = model_shardings(abstract, mesh, rules)
+    abstract, init = _trace_model(model_fn)
+    if mesh is not None:
+        rules = sharding_rules.get_rules(rules)
+        sharding_rules.check_model(getattr(abstract, "config", None), rules, mesh)
+        graphdef, shardings = model_shardings(abstract, mesh, rules)
+        flat_shardings = dict(nnx.to_flat_state(shardings))
+    else:
+        graphdef, flat_shardings = nnx.graphdef(abstract), None
     params = [v for _, v in nnx.iter_graph(abstract) if isinstance(v, nnx.Param)]
     for var in params:
         value = var.get_value()
@@ -150,26 +220,27 @@ def load_sharded(
 
     _, abstract_state = nnx.split(abstract)
     flat_values = dict(nnx.to_flat_state(abstract_state))
-    flat_shardings = dict(nnx.to_flat_state(shardings))
-    missing = [path for path, var in flat_values.items() if not (isinstance(var.get_value(), _Slot) and var.get_value().value is not None)]
+    missing = [path for path, var in flat_values.items()
+               if not (isinstance(var.get_value(), _Slot) and var.get_value().value is not None)]
+
+    def sharding_of(path):
+        return None if flat_shardings is None else flat_shardings[path].get_value()
 
     initialised = {}
-    if missing:  # new heads and RNG streams: initialise just those, in their shards (XLA drops the rest)
-
-        def init_missing():
-            fresh = dict(nnx.to_flat_state(nnx.state(model_fn())))
-            return [fresh[path] for path in missing]
-
-        values = jax.jit(init_missing, out_shardings=[flat_shardings[path] for path in missing])()
-        initialised = dict(zip(missing, values))
+    if missing:  # new heads and RNG streams: initialise just those, in their shards
+        out = None if flat_shardings is None else [flat_shardings[path] for path in missing]
+        initialised = dict(zip(missing, init(missing, out)))
 
     placed = []
     for path, var in flat_values.items():
         if path in initialised:
             placed.append((path, initialised[path]))
         else:
-            sharding = flat_shardings[path].get_value()
-            placed.append((path, var.replace(place_host_array(var.get_value().value, sharding))))
+            slot = var.get_value()
+            placed.append((path, var.replace(place_host_array(slot.value, sharding_of(path)))))
+            slot.value = None  # the host copy (if any) goes as soon as it is placed
+    if hasattr(tensors, "close"):
+        tensors.close()
     return nnx.merge(graphdef, nnx.from_flat_state(placed))
 
 

@@ -24,11 +24,14 @@ from jaxkernel.hf.pretrained import from_pretrained
 from jaxkernel.models.registry import family_of
 
 
-def build_model(config: Config, labels: tuple[str, ...] | None = None) -> nnx.Module:
-    """Pretrained model with the task head, then int8 (``quant``), then PEFT (``peft``)."""
+def build_model(config: Config, labels: tuple[str, ...] | None = None, *, mesh=None, rules=None) -> nnx.Module:
+    """Pretrained model with the task head, then int8 (``quant``), then PEFT (``peft``).
+
+    With a ``mesh`` (from :func:`build_mesh`) the model is born sharded: each process reads
+    from the checkpoint only the slices its devices hold, the frozen base included.
+    """
     m = config.model
-    model = from_pretrained(
-        resolve_path(m.path),
+    load = dict(
         task=m.task,
         labels=labels,
         num_labels=None if labels else m.num_labels,
@@ -37,6 +40,12 @@ def build_model(config: Config, labels: tuple[str, ...] | None = None) -> nnx.Mo
         revision=m.revision,
         strict=m.strict,
     )
+    if mesh is not None:
+        from jaxkernel.sharding.placement import from_pretrained_sharded
+
+        model = from_pretrained_sharded(resolve_path(m.path), mesh, rules, **load)
+    else:
+        model = from_pretrained(resolve_path(m.path), **load)
     positions = family_of(model).dims(model.config).positions
     if config.data.max_length > positions:  # past the position table, JAX would clamp the lookups silently
         raise ConfigError(

@@ -50,7 +50,31 @@ log = logging.getLogger(__name__)
 # Fields that must match for a run directory to be resumed by this config.
 IDENTITY_FIELDS = ("model", "peft", "quant", "data.source", "data.max_length", "train.batch_size", "train.seed",
                    "sparsity", "distill")
-FAULT_ENV = "JAXKERNEL_FAULT"  # test hook: "kill_after_save:N" / "kill_during_save:N" SIGKILLs the process
+# Test hook: JAXKERNEL_FAULT="<point>:<step>" SIGKILLs the process at that point of that step (see FAULT_POINTS).
+FAULT_ENV = "JAXKERNEL_FAULT"
+FAULT_POINTS = {
+    "kill_in_step": "right after train step N was dispatched (it may still be computing), before its logging",
+    "kill_in_eval": "during the evaluation at step N, after its first batch",
+    "kill_during_save": "while checkpoint N is being written (async)",
+    "kill_before_flush": "checkpoint N finished, metrics not yet flushed",
+    "kill_after_save": "checkpoint N finished and metrics flushed",
+}
+
+
+def _fault(point: str, step: int, wait=None) -> None:
+    """SIGKILL this process when ``JAXKERNEL_FAULT`` names ``point`` at ``step`` (after ``wait()``)."""
+    if os.environ.get(FAULT_ENV) == f"{point}:{step}":
+        if wait is not None:
+            wait()
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _record_step(line: str) -> tuple[int, str] | None:
+    try:
+        record = json.loads(line)
+        return int(record["step"]), str(record.get("split"))
+    except (ValueError, KeyError, TypeError):
+        return None  # a line cut short by a kill
 
 
 def _is_url(path) -> bool:
@@ -112,8 +136,8 @@ class Trainer:
             self._require_checkpoint()
         self._check_run_dir()
         self.data = build_task_data(config, roles=roles)
-        self.model = build_model(config, labels=self.data.labels)
         self.mesh, self.rules = build_mesh(config)
+        self.model = build_model(config, labels=self.data.labels, mesh=self.mesh, rules=self.rules)
         k = config.optimizer.grad_accum_steps
         self.train_loader = DataLoader(
             self.data.features["train"], config.train.batch_size * k, shuffle=True, seed=config.train.seed,
@@ -227,13 +251,10 @@ class Trainer:
             "best": self.best, "evals_without_improvement": self.evals_without_improvement,
         }
         self.checkpointer.save(step, self._checkpoint_items(), meta=meta, metrics=metrics)
+        _fault("kill_during_save", step)
+        _fault("kill_before_flush", step, self.checkpointer.wait)
         self._flush_metrics()
-        fault = os.environ.get(FAULT_ENV, "")
-        if fault == f"kill_during_save:{step}":
-            os.kill(os.getpid(), signal.SIGKILL)
-        if fault == f"kill_after_save:{step}":
-            self.checkpointer.wait()
-            os.kill(os.getpid(), signal.SIGKILL)
+        _fault("kill_after_save", step, self.checkpointer.wait)
 
     def _log(self, record: dict) -> None:
         if not self.is_main:
@@ -274,7 +295,15 @@ class Trainer:
         cached = self._eval_cache.get(role)
         if cached is not None and cached[0] is self.state:
             return cached[1]
-        metrics = evaluate_split(self.eval_step, self.state, self.evaluate_loader(role), self.data, role,
+        eval_step = self.eval_step
+        if os.environ.get(FAULT_ENV, "").startswith("kill_in_eval:"):  # test hook: die after the first batch
+            at = int(jax.device_get(self.state.step))
+
+            def eval_step(*args, _step=self.eval_step):
+                out = _step(*args)
+                _fault("kill_in_eval", at)
+                return out
+        metrics = evaluate_split(eval_step, self.state, self.evaluate_loader(role), self.data, role,
                                  self.to_device)
         self._eval_cache[role] = (self.state, metrics)
         return metrics
@@ -298,9 +327,10 @@ class Trainer:
                 (self.run_dir / RESOLVED_NAME).write_text(
                     "# Resolved jaxkernel config: every key, defaults included.\n" + to_yaml(c))
                 previous = self.run_dir / "metrics.jsonl"
-                self._metrics_lines = [previous.read_text()] if previous.exists() else []
+                self._metrics_lines = self._replayed_away(previous.read_text()) if previous.exists() else []
             else:
                 save_resolved(c, self.run_dir)
+                self._trim_metrics()
             (self.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
             if c.logging.tensorboard:
                 try:
@@ -332,6 +362,7 @@ class Trainer:
             self.state, metrics = self.train_step(self.state, self.to_device(batch))
             window = accumulate_train_metrics(window, metrics)
             step += 1
+            _fault("kill_in_step", step)
             if step % c.logging.every == 0 or step == self.total_steps:
                 fetched = jax.device_get(window)
                 self._check_finite(fetched["finite"], step, last_good)
@@ -373,6 +404,30 @@ class Trainer:
         if self._tb is not None:
             self._tb.close()
         return results
+
+    def _replayed_away(self, text: str) -> list[str]:
+        """The metrics lines a resumed run keeps: those of steps up to the restored checkpoint.
+
+        A killed run logged steps after its last checkpoint (and maybe the final test) that the
+        resumed run does again; dropping them keeps ``metrics.jsonl`` equal to an uninterrupted run's.
+        """
+        keep = []
+        for line in text.splitlines(keepends=True):
+            found = _record_step(line)
+            if found is not None and found[0] <= self._restored_step and found[1] != "test" and line.endswith("\n"):
+                keep.append(line)
+        return keep
+
+    def _trim_metrics(self) -> None:
+        path = self.run_dir / "metrics.jsonl"
+        if not path.exists():
+            return
+        text = path.read_text()
+        keep = self._replayed_away(text)
+        if "".join(keep) != text:  # written aside, then renamed: a kill here leaves the old or the new file
+            tmp = path.with_name(path.name + ".tmp")
+            tmp.write_text("".join(keep))
+            os.replace(tmp, path)
 
     def _set_aside_unreadable(self) -> None:
         """Move damaged steps newer than the restored one out of ``checkpoints/`` before training.
@@ -430,7 +485,12 @@ class Trainer:
         return loss_from_config(self.config)
 
     def export(self, directory: str | os.PathLike, *, merged: bool = True) -> Path:
-        """Write a ``transformers`` directory (merged) or a PEFT adapter directory."""
+        """Write a ``transformers`` directory (merged) or a PEFT adapter directory.
+
+        In a multi-process job every process calls this (it gathers the sharded weights
+        together); only process 0 writes, after a barrier, and every process returns
+        ``directory`` once the files are complete.
+        """
         from jaxkernel.hf.peft_format import save_adapter, save_merged
         from jaxkernel.hf.pretrained import save_pretrained
         from jaxkernel.config import resolve_path
@@ -441,20 +501,48 @@ class Trainer:
 
         model = unwrap_student(self.model_for_inference())  # a distillation run exports its student
         directory = Path(directory)
-        if has_trainable_params(model) and not merged:
-            save_adapter(model, directory, base_model_name_or_path=resolve_path(self.config.model.path))
-        elif has_trainable_params(model):
-            if quantized_paths(model):
-                model = dequantize_model(model)
-            save_merged(model, directory)
-        else:
-            if quantized_paths(model):
-                model = dequantize_model(model)
-            save_pretrained(model, directory)
+        multi = jax.process_count() > 1
+        if multi:
+            from jax.experimental import multihost_utils
+
+            model = _gathered(model)  # a collective: every process takes part
+            multihost_utils.sync_global_devices("jaxkernel_export_start")
         if self.is_main:
+            if has_trainable_params(model) and not merged:
+                save_adapter(model, directory, base_model_name_or_path=resolve_path(self.config.model.path))
+            elif has_trainable_params(model):
+                if quantized_paths(model):
+                    model = dequantize_model(model)
+                save_merged(model, directory)
+            else:
+                if quantized_paths(model):
+                    model = dequantize_model(model)
+                save_pretrained(model, directory)
             self.data.tokenizer.save_pretrained(str(directory))
             if self.config.sparsity.method != "none":  # dense tensors with zeros + where the zeros are
                 from jaxkernel.compress.sparsity import write_sparsity_report
 
                 write_sparsity_report(model, directory, self.config.sparsity.targets)
+        if multi:
+            multihost_utils.sync_global_devices("jaxkernel_export_done")  # the others return once it is written
         return directory
+
+
+def _gathered(model):
+    """``model`` with every array whole in this process's memory (a collective across processes)."""
+    from flax import nnx
+    from jax.experimental import multihost_utils
+
+    graphdef, state = nnx.split(model)
+
+    def whole(x):
+        if not isinstance(x, jax.Array) or x.is_fully_addressable:
+            return x
+        if x.is_fully_replicated:
+            return x.addressable_data(0)
+        if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+            return jax.random.wrap_key_data(multihost_utils.process_allgather(jax.random.key_data(x), tiled=True),
+                                            impl=jax.random.key_impl(x))
+        return multihost_utils.process_allgather(x, tiled=True)
+
+    return nnx.merge(graphdef, jax.tree.map(whole, state))
