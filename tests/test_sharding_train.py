@@ -20,7 +20,10 @@ import optax
 import pytest
 from flax import nnx
 
+from jaxkernel.peft import LoraConfig, apply_lora
+
 from test_sharding_rules import BUILDERS, MESHES
+from jaxkernel.models.registry import family_for
 from jaxkernel.peft import trainable_filter
 from jaxkernel.sharding.mesh import MeshConfig, make_mesh
 from jaxkernel.sharding.placement import create_sharded, shard_batch
@@ -46,9 +49,24 @@ def _batch(model: str) -> dict:
     return batch
 
 
+# Llama family: grouped-query attention with 2 key/value heads, fewer than tp's 4 tensor
+# shards: k_proj/v_proj are column-split like q_proj, so a shard holds part of a kv head
+# and XLA gathers what attention needs (exact, one extra reshuffle per layer).
+LLAMA_CFG = dict(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=1, num_attention_heads=4,
+                 num_key_value_heads=2, max_position_embeddings=32, bos_token_id=1, eos_token_id=2)
+
+
+def build_llama(lora: bool = False):
+    model = family_for("llama", "test").build("causal-lm", family_for("llama", "test").config(**LLAMA_CFG))
+    return apply_lora(model, LoraConfig(r=4, alpha=8)) if lora else model  # PEFT defaults: q_proj, v_proj
+
+
+TRAIN_BUILDERS = {**BUILDERS, "llama": build_llama}
+
+
 def _run(model: str, lora: bool, mesh_name: str | None):
     """Losses and host copies of the trainable parameters after each step in STEPS."""
-    build = lambda: BUILDERS[model](lora)  # noqa: E731
+    build = lambda: TRAIN_BUILDERS[model](lora)  # noqa: E731
     tx = _tx()
     batch = _batch(model)
     if mesh_name is None:
@@ -94,7 +112,7 @@ def _assert_params_close(actual, expected, what):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
-@pytest.mark.parametrize("model", ["bert", "gpt2"])
+@pytest.mark.parametrize("model", ["bert", "gpt2", "llama"])
 @pytest.mark.parametrize("mesh_name", sorted(MESHES))
 def test_sharded_steps_equal_single_device(mesh_name, model, lora):
     ref_initial, reference = _reference(model, lora)
