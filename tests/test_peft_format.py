@@ -27,7 +27,9 @@ AUTO = {
     "sequence-classification": transformers.AutoModelForSequenceClassification,
     "causal-lm": transformers.AutoModelForCausalLM,
 }
-ATOL = 1e-4
+# Measured: max |ours - peft| over every comparison in this file is 4.8e-7 (float32, CPU; the README
+# quotes it). 5e-6 leaves a 10x margin for other BLAS / XLA builds and still fails a real mismatch.
+ATOL = 5e-6
 
 
 def hf_model(family, task, seed=0):

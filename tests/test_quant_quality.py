@@ -60,10 +60,11 @@ def test_minilm_int8_embeddings_match_float(minilm_dir, shared_data):
         + ", ".join(f"{m} min {c.min():.6f} mean {c.mean():.6f}" for m, c in figures.items())
     )
     assert len(reference) >= 50
-    # The issue's bar is on the average over the sentences; each sentence also has a floor.
-    # (Round-to-nearest absmax per channel: the worst sentence, 8 tokens, sits near 0.998.)
-    assert figures["weight_only"].mean() >= 0.999 and figures["weight_only"].min() >= 0.995
-    assert figures["w8a8"].mean() >= 0.99 and figures["w8a8"].min() >= 0.98
+    # Measured here (float32, CPU): weight-only mean 0.99950, min 0.99805; W8A8 mean 0.99643 (the
+    # README's 0.9964), min 0.98570. Each bar allows 1.4x to 2x the measured 1 - cosine, so a change
+    # that costs real accuracy fails (the issue's own bar, mean >= 0.99, allowed 2.8x for W8A8).
+    assert figures["weight_only"].mean() >= 0.999 and figures["weight_only"].min() >= 0.997
+    assert figures["w8a8"].mean() >= 0.995 and figures["w8a8"].min() >= 0.98
 
 
 def test_minilm_quantized_linears_take_at_most_027x_float32_bytes(minilm_dir):
@@ -139,6 +140,16 @@ def shakespeare_gpt2(shared_data, tmp_path_factory):
     return jaxkernel.from_pretrained(cache), held_ids
 
 
+def _bigram_perplexity(train_ids, held_ids, alpha=0.1):
+    """Held-out perplexity, on _perplexity's windows, of an add-alpha character bigram model of ``train_ids``."""
+    vocab = int(max(train_ids.max(), held_ids.max())) + 1
+    counts = np.full((vocab, vocab), alpha)
+    np.add.at(counts, (train_ids[:-1], train_ids[1:]), 1.0)
+    probs = counts / counts.sum(1, keepdims=True)
+    n = HELD_OUT_WINDOWS * SEQ
+    return float(np.exp(-np.log(probs[held_ids[:n], held_ids[1:n + 1]]).mean()))
+
+
 def _perplexity(model, held_ids):
     n = HELD_OUT_WINDOWS * SEQ
     x = held_ids[:n].reshape(HELD_OUT_WINDOWS, SEQ)
@@ -149,7 +160,7 @@ def _perplexity(model, held_ids):
 
 
 @pytest.mark.slow
-def test_gpt2_int8_loses_at_most_1pct_perplexity(shakespeare_gpt2):
+def test_gpt2_int8_loses_at_most_1pct_perplexity(shakespeare_gpt2, shared_data):
     model, held_ids = shakespeare_gpt2
     float_ppl = _perplexity(model, held_ids)
     weight_only = _perplexity(quantize_model(nnx.clone(model)), held_ids)
@@ -157,6 +168,12 @@ def test_gpt2_int8_loses_at_most_1pct_perplexity(shakespeare_gpt2):
     print(f"\nTiny Shakespeare held-out perplexity ({HELD_OUT_WINDOWS * SEQ} chars): float32 {float_ppl:.4f}, "
           f"int8 weight-only {weight_only:.4f} ({weight_only / float_ppl - 1:+.3%}), "
           f"W8A8 {w8a8:.4f} ({w8a8 / float_ppl - 1:+.3%})")
-    assert float_ppl < 20.0  # learned well beyond the 65-symbol unigram level
-    assert weight_only <= 1.01 * float_ppl
-    assert w8a8 <= 1.05 * float_ppl
+    # Measured here: float32 10.89. The bar is a character bigram model fit on the same training
+    # text (11.89 on this held-out slice; the unigram level is 28.2): the GPT-2 must beat it by 5%,
+    # which a model that learned only character pairs cannot.
+    bigram = _bigram_perplexity(_char_data(shared_data)[1], held_ids)
+    assert float_ppl < 0.95 * bigram, (float_ppl, bigram)
+    # Measured: +0.003% (weight-only) and +0.008% (W8A8); the issue asks for at most 1%. A 0.1% bar
+    # keeps more than 10x margin over the measurement.
+    assert weight_only <= 1.001 * float_ppl
+    assert w8a8 <= 1.001 * float_ppl

@@ -113,15 +113,19 @@ def test_gpt2_full_fine_tune_lowers_perplexity_and_exports(shakespeare_gpt2):
 @pytest.mark.parametrize("method", ["lora", "prefix"])
 def test_gpt2_peft_fine_tune_lowers_perplexity_further(shakespeare_gpt2, shared_data, tmp_path, method):
     _, _, _, export = shakespeare_gpt2
+    # Prefix tuning with PEFT's prefix_projection (the prefix through an MLP, as Li & Liang train it):
+    # a bare prefix gained only 1.3% in these 40 steps (2.1% at 3x the learning rate, 1.9% in 120 steps).
+    projection = "true" if method == "prefix" else "false"
     config = lm_config(export, shared_data, str(tmp_path / "run"), f"peft.method={method}",
                        "checkpoint.every=null", "data.max_train_examples=2000", "peft.target_modules=[c_attn,c_fc,c_proj]",
-                       "peft.num_virtual_tokens=8", steps=40)
+                       "peft.num_virtual_tokens=8", f"peft.prefix_projection={projection}", steps=40)
     trainer = Trainer(config)
     before = trainer.evaluate("eval")["perplexity"]
     after = trainer.fit()["eval"]["perplexity"]
     print(f"GPT-2 {method}: held-out perplexity {before:.1f} -> {after:.1f}")
-    # Measured here: LoRA 1381.7 -> 1321.2 (-4.4%), prefix 1339.0 -> 1328.7 (-0.8%) in 40 steps.
-    assert after < {"lora": 0.98, "prefix": 0.995}[method] * before
+    # Measured here: LoRA 1479.9 -> 1437.3 (-2.9%), prefix 1481.9 -> 1411.4 (-4.8%) in 40 steps.
+    # Each must gain about two thirds of that or more: 2% (LoRA), 3% (prefix).
+    assert after < {"lora": 0.98, "prefix": 0.97}[method] * before
 
 
 def test_int8_lora_preset_trains_and_exports_dequantized(tmp_path):

@@ -61,3 +61,25 @@ def test_early_stopping_and_logs(tmp_path, shared_data):
     assert len(evals) == 1 and evals[0]["step"] == 2  # stopped at the first eval without improvement
     assert (tmp_path / "run" / "config.yaml").exists() and any((tmp_path / "run" / "tb").iterdir())
     assert Checkpointer(tmp_path / "run" / "checkpoints").latest_step() == 2  # saved where it stopped
+
+
+def test_early_stopping_on_a_plateau_of_real_metric_values(tmp_path, shared_data):
+    """The fit loop's early stopping fed eval metrics that improve, then plateau (an equal value
+    is no improvement), then get worse: it stops after ``patience`` evaluations without a new best."""
+    model_dir = tiny_gpt2_dir(tmp_path, shared_data)
+    config = lm_config(model_dir, shared_data, str(tmp_path / "run"), "train.eval_every=1",
+                       "train.early_stopping_patience=2", "checkpoint.every=null", "checkpoint.async_save=false",
+                       steps=12)
+    trainer = Trainer(config)
+    # Held-out perplexity per evaluation (lower is better): best 7.9 at step 3, then 7.9 again and 8.2.
+    perplexities = iter([10.0, 8.0, 7.9, 7.9, 8.2, 6.0, 5.0])
+    trainer.evaluate = lambda split: {"perplexity": (p := next(perplexities)), "loss": float(np.log(p))}
+    trainer.fit()
+    evals = [r for r in map(json.loads, open(tmp_path / "run" / "metrics.jsonl")) if r["split"] == "eval"]
+    assert [r["step"] for r in evals] == [1, 2, 3, 4, 5]  # stopped at step 5, not 12
+    assert trainer.best == 7.9 and trainer.evals_without_improvement == 2
+    assert Checkpointer(tmp_path / "run" / "checkpoints").latest_step() == 5
+
+    # The same rule on its own: a new best resets the count; with patience 2 only a second miss stops.
+    trainer.best, trainer.evals_without_improvement = None, 0
+    assert [trainer._early_stop(v) for v in (5.0, 5.0, 4.0, 4.5, 4.0, 4.0)] == [False, False, False, False, True, True]
