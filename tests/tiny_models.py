@@ -109,3 +109,39 @@ def hf_llama(name: str, task: str, num_labels: int = 2, seed: int = 0, pad_token
     )
     torch.manual_seed(seed)
     return _randomise(LLAMA_HEADS[task](config), seed)
+
+
+MISTRAL_CONFIGS = {
+    # sliding window 4, shorter than the test sequences (10 tokens + 32 generated); GQA 6/2
+    "m36-gqa3-window4": dict(
+        vocab_size=89, hidden_size=36, intermediate_size=44, num_hidden_layers=2, num_attention_heads=6,
+        num_key_value_heads=2, max_position_embeddings=64, sliding_window=4,
+        rope_parameters=dict(rope_type="default", rope_theta=100.0),
+    ),
+    # window 7, five query heads on one kv head, tied embeddings
+    "m30-kv1-window7-tied": dict(
+        vocab_size=71, hidden_size=30, intermediate_size=34, num_hidden_layers=3, num_attention_heads=5,
+        num_key_value_heads=1, max_position_embeddings=64, sliding_window=7, tie_word_embeddings=True,
+        rope_parameters=dict(rope_type="default", rope_theta=1000.0),
+    ),
+    # no window (sliding_window null, as in Mistral v0.2+), multi-head
+    "m24-nowindow": dict(
+        vocab_size=101, hidden_size=24, intermediate_size=40, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=4, max_position_embeddings=64, sliding_window=None,
+        rope_parameters=dict(rope_type="default", rope_theta=10000.0),
+    ),
+}
+
+MISTRAL_HEADS = {
+    "feature-extraction": transformers.MistralModel,
+    "causal-lm": transformers.MistralForCausalLM,
+    "sequence-classification": transformers.MistralForSequenceClassification,
+}
+
+
+def hf_mistral(name: str, task: str, num_labels: int = 2, seed: int = 0, pad_token_id: int | None = None):
+    config = transformers.MistralConfig(
+        **MISTRAL_CONFIGS[name], num_labels=num_labels, bos_token_id=1, eos_token_id=2, pad_token_id=pad_token_id,
+    )
+    torch.manual_seed(seed)
+    return _randomise(MISTRAL_HEADS[task](config), seed)

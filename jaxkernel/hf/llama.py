@@ -1,4 +1,4 @@
-"""Llama <-> Hugging Face: the mapping table, config converters and registration.
+"""Llama and Mistral <-> Hugging Face: the mapping table, config converters and registrations.
 
 Our attribute names are HF's, so the table only transposes torch ``nn.Linear``
 weights (out, in) into our (in, out) kernels and renames norm/embedding weights.
@@ -49,12 +49,20 @@ def _rope_from_hf(hf: dict) -> dict:
     return {"rope_theta": float(theta), "rope_scaling": scaling}
 
 
+# Fields only some model types read (HF's LlamaModel ignores a stray sliding_window, so must we).
+_TYPE_FIELDS = {"sliding_window": ("mistral",)}
+
+
 def llama_config_from_hf(hf: dict, overrides: dict, defaults: dict | None = None) -> LlamaConfig:
     """A LlamaConfig from a config.json dict; ``defaults`` are the HF class defaults of its model type."""
     source = overrides.pop("source", "config.json")
+    model_type = hf.get("model_type", "llama")
     num_labels, labels = labels_from_hf(hf, overrides.pop("num_labels", None), overrides.pop("labels", None))
     values = dict(defaults or {})
-    values.update({name: hf[name] for name in _ARCH_FIELDS if name in hf})
+    values.update({
+        name: hf[name] for name in _ARCH_FIELDS
+        if name in hf and model_type in _TYPE_FIELDS.get(name, (model_type,))
+    })
     if isinstance(values.get("eos_token_id"), list):
         values["eos_token_id"] = tuple(values["eos_token_id"])
     try:
@@ -63,13 +71,14 @@ def llama_config_from_hf(hf: dict, overrides: dict, defaults: dict | None = None
         raise ValueError(f"{source}: {err}") from None
     values.update(overrides)
     try:
-        return LlamaConfig(model_type=hf.get("model_type", "llama"), **values, num_labels=num_labels, labels=labels)
+        return LlamaConfig(model_type=model_type, **values, num_labels=num_labels, labels=labels)
     except ValueError as err:
         raise ValueError(f"{source}: {err}") from None
 
 
 def llama_config_to_hf(config: LlamaConfig) -> dict:
-    hf = {name: getattr(config, name) for name in _ARCH_FIELDS}
+    hf = {name: getattr(config, name) for name in _ARCH_FIELDS
+          if config.model_type in _TYPE_FIELDS.get(name, (config.model_type,))}
     hf["head_dim"] = config.attention_head_dim
     if isinstance(config.eos_token_id, tuple):
         hf["eos_token_id"] = list(config.eos_token_id)
@@ -132,3 +141,13 @@ def _family(model_type: str, arch: str, *, defaults: dict | None = None, known_s
 
 
 LLAMA_FAMILY = register(_family("llama", "Llama", known_sizes=LLAMA_SIZES))
+
+# HF MistralConfig defaults where they differ from Llama's (a config.json may omit them).
+MISTRAL_DEFAULTS = dict(sliding_window=4096, max_position_embeddings=131072, num_key_value_heads=8,
+                        intermediate_size=14336)
+MISTRAL_SIZES = {
+    "mistral-7b": dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+                       num_key_value_heads=8, vocab_size=32000, max_position_embeddings=32768, sliding_window=4096,
+                       rms_norm_eps=1e-5),
+}
+MISTRAL_FAMILY = register(_family("mistral", "Mistral", defaults=MISTRAL_DEFAULTS, known_sizes=MISTRAL_SIZES))

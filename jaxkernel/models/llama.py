@@ -1,7 +1,9 @@
 """Llama-style decoders: RMSNorm, rotary positions, grouped-query attention, SwiGLU MLP.
 
 One model file for the HF model types that share this architecture (``LlamaConfig.model_type``
-tells them apart). Attribute names mirror HF (``model.layers[i].self_attn.q_proj``,
+tells them apart): Llama, and Mistral (``sliding_window``: a query sees only the last W
+slots of the sequence buffer, itself included, as in HF's mask). A prefix-tuning prefix is,
+as in HF/PEFT, the first P slots of that buffer: a sliding window moves past it too. Attribute names mirror HF (``model.layers[i].self_attn.q_proj``,
 ``mlp.gate_proj``...), so the mapping table (``jaxkernel.hf.llama``) only transposes
 ``nn.Linear`` weights.
 
@@ -70,6 +72,7 @@ class LlamaConfig:
     mlp_bias: bool = False
     attention_dropout: float = 0.0
     tie_word_embeddings: bool = False
+    sliding_window: int | None = None  # Mistral: attend to the last W buffer slots only; None = full causal
     bos_token_id: int | None = 1
     eos_token_id: int | tuple[int, ...] | None = 2
     pad_token_id: int | None = None
@@ -94,6 +97,8 @@ class LlamaConfig:
             )
         if self.hidden_act not in ACTIVATIONS:
             raise ValueError(f"hidden_act {self.hidden_act!r} is not supported; use one of {sorted(ACTIVATIONS)}")
+        if self.sliding_window is not None and self.sliding_window < 1:
+            raise ValueError(f"sliding_window={self.sliding_window} must be a positive number of tokens, or None")
         if self.labels is not None and len(self.labels) != self.num_labels:
             raise ValueError(f"{len(self.labels)} label names given for num_labels={self.num_labels}")
         rope_inverse_frequencies(self.attention_head_dim, self.rope_theta, self.scaling_dict)  # refuse bad rope early
@@ -101,6 +106,11 @@ class LlamaConfig:
     @property
     def attention_head_dim(self) -> int:
         return self.head_dim if self.head_dim is not None else self.hidden_size // self.num_attention_heads
+
+    @property
+    def layer_windows(self) -> tuple[int | None, ...]:
+        """Each layer's sliding window (None: full causal attention)."""
+        return (self.sliding_window,) * self.num_hidden_layers
 
     @property
     def scaling_dict(self) -> dict | None:
@@ -151,7 +161,10 @@ class LlamaAttention(nnx.Module):
             k = jax.lax.dynamic_update_slice_in_dim(cached_k, k.astype(cached_k.dtype), cache_index, axis=1)
             v = jax.lax.dynamic_update_slice_in_dim(cached_v, v.astype(cached_v.dtype), cache_index, axis=1)
             new_cache = (k, v)
-        out = attention(q, k, v, mask, prefix_kv=prefix_kv, dropout=self.attn_dropout)
+        if prefix_kv is not None:  # the mask already has the prefix's P columns (they may slide out of view)
+            k = jnp.concatenate([prefix_kv[0].astype(k.dtype), k], axis=1)
+            v = jnp.concatenate([prefix_kv[1].astype(v.dtype), v], axis=1)
+        out = attention(q, k, v, mask, dropout=self.attn_dropout)
         return self.o_proj(out.reshape(out.shape[:-2] + (-1,))), new_cache
 
 
@@ -221,7 +234,14 @@ class LlamaModel(nnx.Module):
                 position_ids = position_ids_from_mask(attention_mask, cache.valid.sum(-1) + num_prefix)
             valid = jax.lax.dynamic_update_slice_in_dim(cache.valid, attention_mask.astype(bool), cache.index, axis=1)
             query_positions, key_positions = cache.index + jnp.arange(length), jnp.arange(valid.shape[1])
-        mask = causal_mask(query_positions, key_positions) & valid[:, None, None, :]
+        masks = {}
+        for window in set(self.config.layer_windows):  # (B, 1, T, P + S)
+            mask = causal_mask(query_positions, key_positions, window) & valid[:, None, None, :]
+            if num_prefix:  # prefix slot j is HF cache position j, our slot i is P + i
+                seen = jnp.arange(num_prefix)[None, :] > num_prefix + query_positions[:, None] - (window or 0)
+                seen = jnp.ones_like(seen) if window is None else seen
+                mask = jnp.concatenate([jnp.broadcast_to(seen, mask.shape[:2] + seen.shape), mask], axis=-1)
+            masks[window] = mask
         inv_freq = rope_inverse_frequencies(self.config.attention_head_dim, self.config.rope_theta, self.config.scaling_dict)
         cos_sin = rotary_cos_sin(position_ids, inv_freq)
         x = self.embed_tokens(input_ids)
@@ -229,7 +249,7 @@ class LlamaModel(nnx.Module):
         for i, layer in enumerate(self.layers):
             layer_cache = None if cache is None else (cache.keys[i], cache.values[i])
             x, new_layer_cache = run_layer(
-                layer, x, mask, cos_sin, layer_cache, None if cache is None else cache.index,
+                layer, x, masks[self.config.layer_windows[i]], cos_sin, layer_cache, None if cache is None else cache.index,
                 None if prefix_kv is None else prefix_kv[i], remat=self.remat,
             )
             x = constrain(x, ("batch", "length", "embed"))  # layer boundary; no-op outside a sharded step
