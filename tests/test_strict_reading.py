@@ -30,6 +30,11 @@ HF_MODELS = {
         transformers.RobertaConfig(**SIZES, max_position_embeddings=34, num_labels=3)),
     "xlm-roberta": lambda: transformers.XLMRobertaForMaskedLM(
         transformers.XLMRobertaConfig(**SIZES, max_position_embeddings=34)),
+    "llama": lambda: transformers.LlamaForCausalLM(
+        transformers.LlamaConfig(**SIZES, num_key_value_heads=1, max_position_embeddings=32)),
+    "mistral": lambda: transformers.MistralForSequenceClassification(
+        transformers.MistralConfig(**SIZES, num_key_value_heads=1, max_position_embeddings=32, sliding_window=4,
+                                   pad_token_id=0, num_labels=3)),
 }
 LOG = "jaxkernel"
 
@@ -70,8 +75,9 @@ def test_packaged_minilm_config_written_by_transformers_4_has_no_unknown_key(min
 def test_every_key_is_classified_once_with_a_reason(model_type):
     family = families()[model_type]
     keys = family.extra["config_keys"]
+    # every config field is read, or ignored with a reason where this model type has no such option
     fields = {f.name for f in dataclasses.fields(family.config_class)} - {"labels", "dtype"}
-    assert fields <= keys.handled, fields - keys.handled
+    assert fields <= keys.handled | set(keys.ignored), fields - keys.handled - set(keys.ignored)
     assert not keys.handled & (set(keys.ignored) | set(keys.refused))
     assert not set(keys.ignored) & set(keys.refused)
     assert all(len(reason) > 20 for reason in keys.ignored.values())
@@ -162,3 +168,13 @@ def test_bare_model_reports_pooler_and_classifier_of_other_heads(tmp_path, caplo
     with caplog.at_level(logging.WARNING, logger=LOG):
         jaxkernel.from_pretrained(tmp_path, task="feature-extraction")
     assert "the sequence-classification head (GPT2ForSequenceClassification): score.weight" in caplog.text
+
+
+def test_llama_reads_no_sliding_window_and_says_so(tmp_path, caplog):
+    save_hf("llama", tmp_path)
+    edit_config(tmp_path, sliding_window=4, pretraining_tp=2)  # HF's LlamaModel reads neither
+    with caplog.at_level(logging.WARNING, logger=LOG):
+        model = jaxkernel.from_pretrained(tmp_path, strict=True)
+    assert not caplog.records and model.config.sliding_window is None
+    assert "only mistral" in config_keys("llama").ignored["sliding_window"]
+    assert "sliding_window" in config_keys("mistral").handled

@@ -11,8 +11,9 @@ Config: HF v5 writes ``rope_parameters`` (``rope_theta`` inside), v4 writes
 from __future__ import annotations
 
 import dataclasses
+import functools
 
-from jaxkernel.hf.family import labels_from_hf, labels_to_hf
+from jaxkernel.hf.family import ConfigKeys, labels_from_hf, labels_to_hf
 from jaxkernel.hf.mapping import TRANSPOSE, Rule
 from jaxkernel.models.llama import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification, LlamaModel
 from jaxkernel.models.registry import ModelDims, ModelFamily, register
@@ -53,10 +54,28 @@ def _rope_from_hf(hf: dict) -> dict:
 _TYPE_FIELDS = {"sliding_window": ("mistral",)}
 
 
+@functools.cache
+def llama_config_keys(model_type: str) -> ConfigKeys:
+    """Every config.json key of ``model_type`` (the PretrainedConfig ones are classified in hf/family.py)."""
+    return ConfigKeys(
+        handled=(
+            *(name for name in _ARCH_FIELDS if model_type in _TYPE_FIELDS.get(name, (model_type,))),
+            "rope_theta", "rope_scaling", "rope_parameters",
+        ),
+        ignored={
+            "pretraining_tp": "the tensor-parallel degree Meta pretrained with; older transformers computed the "
+                              "linears in that many slices (the same sums, regrouped), current transformers ignores it",
+            **{name: f"transformers' {model_type} model does not read it (only {', '.join(types)})"
+               for name, types in _TYPE_FIELDS.items() if model_type not in types},
+        },
+    )
+
+
 def llama_config_from_hf(hf: dict, overrides: dict, defaults: dict | None = None) -> LlamaConfig:
     """A LlamaConfig from a config.json dict; ``defaults`` are the HF class defaults of its model type."""
     source = overrides.pop("source", "config.json")
     model_type = hf.get("model_type", "llama")
+    llama_config_keys(model_type).check(hf, source=source, strict=overrides.pop("strict", False))
     num_labels, labels = labels_from_hf(hf, overrides.pop("num_labels", None), overrides.pop("labels", None))
     values = dict(defaults or {})
     values.update({
@@ -136,7 +155,10 @@ def _family(model_type: str, arch: str, *, defaults: dict | None = None, known_s
         config_to_hf=llama_config_to_hf,
         known_sizes=known_sizes or {},
         causal=True,
-        extra=extra or {"ia3_targets": ("k_proj", "v_proj", "down_proj"), "ia3_feedforward": ("down_proj",)},
+        extra={
+            **(extra or {"ia3_targets": ("k_proj", "v_proj", "down_proj"), "ia3_feedforward": ("down_proj",)}),
+            "config_keys": llama_config_keys(model_type), "other_heads": {},
+        },
     )
 
 
