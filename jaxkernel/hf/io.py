@@ -113,11 +113,28 @@ class SafetensorsTensor:
         return int(np.prod(self.shape, dtype=np.int64)) * (2 if self.file_dtype == "BF16" else self.dtype.itemsize)
 
     def read(self, index=Ellipsis) -> np.ndarray:
-        handle = self.reader.handle(self.file, torch=self.file_dtype == "BF16", tensor=self.key)
         if index is Ellipsis or not self.shape:
-            value = handle.get_tensor(self.key)
-        else:
-            value = handle.get_slice(self.key)[tuple(index)]
+            return self._read(Ellipsis)
+        index = tuple(index) + (slice(None),) * (len(self.shape) - len(tuple(index)))
+        rows = index[0]
+        row_bytes = self.nbytes // max(1, self.shape[0])
+        if not isinstance(rows, slice) or len(self.shape) < 2 or index[1:] == (slice(None),) * (len(self.shape) - 1):
+            return self._read(index)  # whole rows: contiguous, touches only the pages it returns
+        start, stop, step = rows.indices(self.shape[0])
+        if step != 1 or (stop - start) * row_bytes <= _BLOCK_BYTES:
+            return self._read(index)
+        # A slice across columns touches every page of its rows: read it in row blocks, dropping
+        # the file mapping after each, so resident memory grows by the slice, not the tensor.
+        per = max(1, _BLOCK_BYTES // max(1, row_bytes))
+        parts = []
+        for first in range(start, stop, per):
+            parts.append(self._read((slice(first, min(stop, first + per)),) + index[1:]))
+            self.reader.close()
+        return np.concatenate(parts)
+
+    def _read(self, index) -> np.ndarray:
+        handle = self.reader.handle(self.file, torch=self.file_dtype == "BF16", tensor=self.key)
+        value = handle.get_tensor(self.key) if index is Ellipsis else handle.get_slice(self.key)[index]
         if self.file_dtype == "BF16":  # numpy has no bfloat16: through torch, as float32
             self.reader.bytes_read += value.numel() * 2
             return value.float().numpy()
@@ -125,6 +142,7 @@ class SafetensorsTensor:
         return value
 
 
+_BLOCK_BYTES = 16 << 20  # row blocks of column slices
 _SAFE_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "I64": "int64", "I32": "int32",
                 "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool"}
 
