@@ -145,3 +145,38 @@ def hf_mistral(name: str, task: str, num_labels: int = 2, seed: int = 0, pad_tok
     )
     torch.manual_seed(seed)
     return _randomise(MISTRAL_HEADS[task](config), seed)
+
+
+QWEN2_CONFIGS = {
+    # GQA 6/2, q/k/v biases (always on in Qwen2), untied
+    "q36-gqa3": dict(
+        vocab_size=83, hidden_size=36, intermediate_size=52, num_hidden_layers=2, num_attention_heads=6,
+        num_key_value_heads=2, max_position_embeddings=64, rope_parameters=dict(rope_type="default", rope_theta=1e6),
+    ),
+    # 7 query heads on one kv head, tied embeddings (as Qwen2.5-0.5B)
+    "q28-kv1-tied": dict(
+        vocab_size=67, hidden_size=28, intermediate_size=30, num_hidden_layers=2, num_attention_heads=7,
+        num_key_value_heads=1, max_position_embeddings=64, tie_word_embeddings=True,
+        rope_parameters=dict(rope_type="default", rope_theta=10000.0),
+    ),
+    # sliding window 5 on layers >= 1 only (use_sliding_window + max_window_layers)
+    "q32-window5-layers1+": dict(
+        vocab_size=79, hidden_size=32, intermediate_size=36, num_hidden_layers=3, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=64, use_sliding_window=True, sliding_window=5,
+        max_window_layers=1, rope_parameters=dict(rope_type="default", rope_theta=10000.0),
+    ),
+}
+
+QWEN2_HEADS = {
+    "feature-extraction": transformers.Qwen2Model,
+    "causal-lm": transformers.Qwen2ForCausalLM,
+    "sequence-classification": transformers.Qwen2ForSequenceClassification,
+}
+
+
+def hf_qwen2(name: str, task: str, num_labels: int = 2, seed: int = 0, pad_token_id: int | None = None):
+    config = transformers.Qwen2Config(
+        **QWEN2_CONFIGS[name], num_labels=num_labels, bos_token_id=1, eos_token_id=2, pad_token_id=pad_token_id,
+    )
+    torch.manual_seed(seed)
+    return _randomise(QWEN2_HEADS[task](config), seed)

@@ -1,4 +1,4 @@
-"""Llama and Mistral <-> Hugging Face: the mapping table, config converters and registrations.
+"""Llama, Mistral and Qwen2 <-> Hugging Face: the mapping table, config converters and registrations.
 
 Our attribute names are HF's, so the table only transposes torch ``nn.Linear``
 weights (out, in) into our (in, out) kernels and renames norm/embedding weights.
@@ -51,7 +51,20 @@ def _rope_from_hf(hf: dict) -> dict:
 
 
 # Fields only some model types read (HF's LlamaModel ignores a stray sliding_window, so must we).
-_TYPE_FIELDS = {"sliding_window": ("mistral",)}
+_TYPE_FIELDS = {"sliding_window": ("mistral", "qwen2"), "layer_types": ("qwen2",),
+                "attention_bias": ("llama",), "mlp_bias": ("llama",)}
+
+
+def _qwen2_windows(hf: dict, values: dict) -> None:
+    """HF Qwen2Config: the window exists only with use_sliding_window, on layers >= max_window_layers."""
+    if not hf.get("use_sliding_window", False):
+        values["sliding_window"] = None
+    if values.get("layer_types") is None:
+        layers, first = values.get("num_hidden_layers", 32), hf.get("max_window_layers", 28)
+        windowed = values.get("sliding_window") is not None
+        values["layer_types"] = tuple(
+            "sliding_attention" if windowed and i >= first else "full_attention" for i in range(layers)
+        )
 
 
 @functools.cache
@@ -82,6 +95,8 @@ def llama_config_from_hf(hf: dict, overrides: dict, defaults: dict | None = None
         name: hf[name] for name in _ARCH_FIELDS
         if name in hf and model_type in _TYPE_FIELDS.get(name, (model_type,))
     })
+    if model_type == "qwen2":
+        _qwen2_windows(hf, values)
     if isinstance(values.get("eos_token_id"), list):
         values["eos_token_id"] = tuple(values["eos_token_id"])
     try:
@@ -106,6 +121,11 @@ def llama_config_to_hf(config: LlamaConfig) -> dict:
         model_type=config.model_type, num_labels=config.num_labels, rope_theta=config.rope_theta, rope_scaling=scaling,
         rope_parameters={"rope_theta": config.rope_theta, **(scaling or {"rope_type": "default"})},
     )
+    if config.model_type == "qwen2":
+        hf["use_sliding_window"] = config.sliding_window is not None
+        hf["layer_types"] = list(config.layer_types or ["full_attention"] * config.num_hidden_layers)
+        sliding = [i for i, t in enumerate(hf["layer_types"]) if t == "sliding_attention"]
+        hf["max_window_layers"] = sliding[0] if sliding else config.num_hidden_layers
     hf.update(labels_to_hf(config.num_labels, config.labels))
     return hf
 
@@ -173,3 +193,15 @@ MISTRAL_SIZES = {
                        rms_norm_eps=1e-5),
 }
 MISTRAL_FAMILY = register(_family("mistral", "Mistral", defaults=MISTRAL_DEFAULTS, known_sizes=MISTRAL_SIZES))
+
+QWEN2_DEFAULTS = dict(vocab_size=151936, intermediate_size=22016, max_position_embeddings=32768, bos_token_id=None,
+                      eos_token_id=None)
+QWEN2_SIZES = {
+    "qwen2.5-0.5b": dict(hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
+                         num_key_value_heads=2, vocab_size=151936, max_position_embeddings=32768,
+                         rope_theta=1000000.0, tie_word_embeddings=True),
+}
+QWEN2_FAMILY = register(_family(
+    "qwen2", "Qwen2", defaults=QWEN2_DEFAULTS, known_sizes=QWEN2_SIZES,
+    extra={"ia3_targets": ("q_proj", "v_proj", "down_proj"), "ia3_feedforward": ("down_proj",)},  # PEFT's qwen2
+))

@@ -2,7 +2,8 @@
 
 One model file for the HF model types that share this architecture (``LlamaConfig.model_type``
 tells them apart): Llama, and Mistral (``sliding_window``: a query sees only the last W
-slots of the sequence buffer, itself included, as in HF's mask). A prefix-tuning prefix is,
+slots of the sequence buffer, itself included, as in HF's mask) and Qwen2 (q/k/v always
+biased, o_proj never; windows only on the layers ``layer_types`` marks "sliding_attention"). A prefix-tuning prefix is,
 as in HF/PEFT, the first P slots of that buffer: a sliding window moves past it too. Attribute names mirror HF (``model.layers[i].self_attn.q_proj``,
 ``mlp.gate_proj``...), so the mapping table (``jaxkernel.hf.llama``) only transposes
 ``nn.Linear`` weights.
@@ -73,6 +74,7 @@ class LlamaConfig:
     attention_dropout: float = 0.0
     tie_word_embeddings: bool = False
     sliding_window: int | None = None  # Mistral: attend to the last W buffer slots only; None = full causal
+    layer_types: tuple[str, ...] | None = None  # Qwen2: per layer "full_attention" / "sliding_attention"
     bos_token_id: int | None = 1
     eos_token_id: int | tuple[int, ...] | None = 2
     pad_token_id: int | None = None
@@ -83,6 +85,15 @@ class LlamaConfig:
     def __post_init__(self):
         object.__setattr__(self, "rope_scaling", _frozen(self.rope_scaling))
         object.__setattr__(self, "eos_token_id", _frozen(self.eos_token_id))
+        object.__setattr__(self, "layer_types", _frozen(self.layer_types))
+        if self.layer_types is not None and (
+            len(self.layer_types) != self.num_hidden_layers
+            or set(self.layer_types) - {"full_attention", "sliding_attention"}
+        ):
+            raise ValueError(
+                f"layer_types {self.layer_types} must name 'full_attention' or 'sliding_attention' for each of "
+                f"the {self.num_hidden_layers} layers"
+            )
         if self.num_key_value_heads is None:
             object.__setattr__(self, "num_key_value_heads", self.num_attention_heads)
         if self.head_dim is None and self.hidden_size % self.num_attention_heads:
@@ -110,7 +121,17 @@ class LlamaConfig:
     @property
     def layer_windows(self) -> tuple[int | None, ...]:
         """Each layer's sliding window (None: full causal attention)."""
-        return (self.sliding_window,) * self.num_hidden_layers
+        if self.layer_types is None:
+            return (self.sliding_window,) * self.num_hidden_layers
+        return tuple(self.sliding_window if t == "sliding_attention" else None for t in self.layer_types)
+
+    @property
+    def qkv_bias(self) -> bool:
+        return self.attention_bias or self.model_type == "qwen2"  # HF Qwen2 always biases q/k/v
+
+    @property
+    def o_bias(self) -> bool:
+        return self.attention_bias and self.model_type != "qwen2"
 
     @property
     def scaling_dict(self) -> dict | None:
@@ -142,11 +163,11 @@ class LlamaAttention(nnx.Module):
     def __init__(self, config: LlamaConfig, *, rngs: nnx.Rngs):
         d, h = config.hidden_size, config.attention_head_dim
         self.num_heads, self.num_kv_heads, self.head_dim = config.num_attention_heads, config.num_key_value_heads, h
-        bias = config.attention_bias
+        bias = config.qkv_bias
         self.q_proj = _linear(config, d, self.num_heads * h, ("embed", "heads"), rngs, bias)
         self.k_proj = _linear(config, d, self.num_kv_heads * h, ("embed", "heads"), rngs, bias)
         self.v_proj = _linear(config, d, self.num_kv_heads * h, ("embed", "heads"), rngs, bias)
-        self.o_proj = _linear(config, self.num_heads * h, d, ("heads", "embed"), rngs, bias)
+        self.o_proj = _linear(config, self.num_heads * h, d, ("heads", "embed"), rngs, config.o_bias)
         self.attn_dropout = _dropout(config.attention_dropout, rngs)
 
     def __call__(self, x, mask, cos_sin, layer_cache=None, cache_index=None, prefix_kv=None):
