@@ -201,6 +201,11 @@ QWEN2_SIZES = {
                          num_key_value_heads=2, vocab_size=151936, max_position_embeddings=32768,
                          rope_theta=1000000.0, tie_word_embeddings=True),
 }
+# Hub ids of the checkpoints presets and the planner name (same shapes as above).
+LLAMA_SIZES["HuggingFaceTB/SmolLM2-135M-Instruct"] = LLAMA_SIZES["smollm2-135m"]
+LLAMA_SIZES["meta-llama/Meta-Llama-3-8B"] = LLAMA_SIZES["llama-3-8b"]
+QWEN2_SIZES["qwen2-0.5b"] = QWEN2_SIZES["Qwen/Qwen2-0.5B"] = QWEN2_SIZES["qwen2.5-0.5b"]
+MISTRAL_SIZES["mistralai/Mistral-7B-v0.1"] = MISTRAL_SIZES["mistral-7b"]
 QWEN2_FAMILY = register(_family(
     "qwen2", "Qwen2", defaults=QWEN2_DEFAULTS, known_sizes=QWEN2_SIZES,
     extra={"ia3_targets": ("q_proj", "v_proj", "down_proj"), "ia3_feedforward": ("down_proj",)},  # PEFT's qwen2
