@@ -126,3 +126,14 @@ def test_lora_and_prefix_with_peft(tmp_path):
         again = ours_from_hf(hf_qwen2(name, task, num_labels=3, pad_token_id=0), tmp_path / method / "base2", task)
         jaxkernel.load_adapter(again, tmp_path / method / "adapter")
         np.testing.assert_array_equal(ours_output(again, task, ids, mask), ours_output(ours, task, ids, mask))
+
+
+@pytest.mark.parametrize("name", list(QWEN2_CONFIGS))
+def test_transformers_configs_load_strictly(name):
+    """Every key transformers writes for Qwen2 is known (use_sliding_window, max_window_layers...)."""
+    from jaxkernel.models.registry import family_for
+
+    hf = hf_qwen2(name, "sequence-classification", num_labels=3, pad_token_id=0).config
+    config = family_for("qwen2", "config.json").config_from_hf(hf.to_dict(), {"strict": True})
+    assert config.layer_windows == tuple(
+        hf.sliding_window if t == "sliding_attention" else None for t in hf.layer_types)

@@ -74,6 +74,7 @@ def llama_config_keys(model_type: str) -> ConfigKeys:
         handled=(
             *(name for name in _ARCH_FIELDS if model_type in _TYPE_FIELDS.get(name, (model_type,))),
             "rope_theta", "rope_scaling", "rope_parameters",
+            *(("use_sliding_window", "max_window_layers") if model_type == "qwen2" else ()),  # -> layer windows
         ),
         ignored={
             "pretraining_tp": "the tensor-parallel degree Meta pretrained with; older transformers computed the "
