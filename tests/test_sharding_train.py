@@ -45,6 +45,7 @@ def _batch(model: str) -> dict:
     batch = {"input_ids": ids, "attention_mask": mask}
     if model == "bert":
         batch["token_type_ids"] = (np.arange(12) >= 6).astype(np.int32)[None].repeat(8, 0)
+    if model in ("bert", "roberta"):
         batch["labels"] = np.where(mask == 1, rng.randint(0, 5, (8, 12)), -100).astype(np.int32)
     return batch
 
@@ -61,7 +62,16 @@ def build_llama(lora: bool = False):
     return apply_lora(model, LoraConfig(r=4, alpha=8)) if lora else model  # PEFT defaults: q_proj, v_proj
 
 
-TRAIN_BUILDERS = {**BUILDERS, "llama": build_llama}
+def build_roberta(lora: bool = False):
+    """RoBERTa: BERT's encoder and axes, its own positions and token-classification head."""
+    family = family_for("roberta", "test")
+    config = family.config(vocab_size=64, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                           intermediate_size=64, max_position_embeddings=20, num_labels=5)
+    model = family.build("token-classification", config)
+    return apply_lora(model, LoraConfig(r=4, alpha=8)) if lora else model
+
+
+TRAIN_BUILDERS = {**BUILDERS, "llama": build_llama, "roberta": build_roberta}
 
 
 def _run(model: str, lora: bool, mesh_name: str | None):
@@ -112,7 +122,7 @@ def _assert_params_close(actual, expected, what):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
-@pytest.mark.parametrize("model", ["bert", "gpt2", "llama"])
+@pytest.mark.parametrize("model", ["bert", "gpt2", "llama", "roberta"])
 @pytest.mark.parametrize("mesh_name", sorted(MESHES))
 def test_sharded_steps_equal_single_device(mesh_name, model, lora):
     ref_initial, reference = _reference(model, lora)
