@@ -116,6 +116,8 @@ class SafetensorsTensor:
         if index is Ellipsis or not self.shape:
             return self._read(Ellipsis)
         index = tuple(index) + (slice(None),) * (len(self.shape) - len(tuple(index)))
+        # numpy semantics: a slice past the end stops at the end (safetensors' get_slice raises).
+        index = tuple(_clamp(i, n) for i, n in zip(index, self.shape))
         rows = index[0]
         row_bytes = self.nbytes // max(1, self.shape[0])
         if not isinstance(rows, slice) or len(self.shape) < 2 or index[1:] == (slice(None),) * (len(self.shape) - 1):
@@ -140,6 +142,14 @@ class SafetensorsTensor:
             return value.float().numpy()
         self.reader.bytes_read += value.nbytes
         return value
+
+
+def _clamp(index, size: int):
+    """A slice clamped to ``size`` (``slice(None)`` when it covers everything); other indices as given."""
+    if not isinstance(index, slice):
+        return index
+    bounds = index.indices(size)
+    return slice(None) if bounds == (0, size, 1) else slice(*bounds)
 
 
 _BLOCK_BYTES = 16 << 20  # row blocks of column slices
