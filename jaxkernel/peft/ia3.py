@@ -27,15 +27,6 @@ from jaxkernel.peft.lora import _kernel_axes, check_no_adapter, is_linear_like, 
 from jaxkernel.peft.targets import Targets, check_targets, get_module, match_modules, module_paths, set_module
 from jaxkernel.peft.trainable import TrainableParam, mark_modules_to_save
 
-# PEFT's TRANSFORMERS_MODELS_TO_IA3_TARGET_MODULES_MAPPING / ..._FEEDFORWARD_MODULES_MAPPING for the
-# families jaxkernel has. TODO(registry): move into each ModelFamily (``extra["ia3_targets"]`` /
-# ``extra["ia3_feedforward"]``); until then a family's ``extra`` entries take precedence.
-IA3_DEFAULTS = {
-    "bert": (("key", "value", "output.dense"), ("output.dense",)),
-    "gpt2": (("c_attn", "mlp.c_proj"), ("mlp.c_proj",)),
-}
-
-
 class Ia3Param(TrainableParam):
     """IA3 scaling vectors ``ia3_l``."""
 
@@ -75,10 +66,8 @@ def ia3_defaults(model: nnx.Module) -> tuple[Targets, Targets]:
     """(target_modules, feedforward_modules) PEFT uses for the model's family."""
     from jaxkernel.models.registry import family_of
 
-    family = family_of(model)
-    targets, feedforward = IA3_DEFAULTS.get(family.model_type, (None, None))
-    targets = family.extra.get("ia3_targets", targets)
-    feedforward = family.extra.get("ia3_feedforward", feedforward)
+    family = family_of(model)  # PEFT's IA3 target / feed-forward mappings, declared per family in the registry
+    targets, feedforward = family.extra.get("ia3_targets"), family.extra.get("ia3_feedforward")
     if targets is None or feedforward is None:
         raise ValueError(f"IA3 has no default targets for {family.model_type}: set target_modules and feedforward_modules")
     return tuple(targets), tuple(feedforward)
