@@ -75,6 +75,42 @@ def causal_mask(query_positions: jax.Array, key_positions: jax.Array, window: in
     return visible[None, None]
 
 
+ATTENTION_IMPLEMENTATIONS = ("auto", "xla", "cudnn", "reference")
+_implementation = "auto"
+
+
+def set_attention_implementation(name: str) -> None:
+    """Choose how :func:`attention` runs when no dropout is active (process-wide).
+
+    "auto" (default): ``jax.nn.dot_product_attention`` with cuDNN's fused kernel on
+    NVIDIA GPUs for bf16/fp16 inputs, XLA's otherwise; "xla"/"cudnn": force one;
+    "reference": the explicit einsum-softmax-einsum below (what runs with dropout).
+    Takes effect for programs traced afterwards.
+    """
+    global _implementation
+    if name not in ATTENTION_IMPLEMENTATIONS:
+        raise ValueError(f"attention implementation {name!r} is unknown; choose one of {ATTENTION_IMPLEMENTATIONS}")
+    _implementation = name
+
+
+def _dropout_active(dropout) -> bool:
+    """An ``nnx.Dropout`` in eval mode or at rate 0 draws nothing: the fused path may run."""
+    if dropout is None:
+        return False
+    return not (getattr(dropout, "deterministic", False) or getattr(dropout, "rate", 1.0) == 0.0)
+
+
+def _fused_backend(dtype) -> str | None:
+    """``jax.nn.dot_product_attention``'s implementation for this call, or None for the reference path."""
+    if _implementation == "reference":
+        return None
+    if _implementation != "auto":
+        return _implementation
+    if jax.default_backend() == "gpu" and jnp.dtype(dtype) in (jnp.dtype(jnp.bfloat16), jnp.dtype(jnp.float16)):
+        return "cudnn"
+    return "xla"
+
+
 def attention(
     q: jax.Array,
     k: jax.Array,
@@ -84,6 +120,11 @@ def attention(
     dropout: Callable[[jax.Array], jax.Array] | None = None,
 ) -> jax.Array:
     """Softmax attention; scores and softmax run in float32.
+
+    Without active dropout this is ``jax.nn.dot_product_attention`` (cuDNN's fused
+    kernel on NVIDIA GPUs in bf16/fp16, XLA elsewhere; see
+    :func:`set_attention_implementation`); with dropout on the probabilities it is
+    the explicit reference computation, which the fused kernels cannot express.
 
     Args:
       q: queries (B, T, N, H).
@@ -102,16 +143,28 @@ def attention(
     num_kv = k.shape[2]
     if num_heads % num_kv:
         raise ValueError(f"{num_heads} query heads cannot share {num_kv} key/value heads: K must divide N")
-    groups = num_heads // num_kv
     if prefix_kv is not None:
         prefix_k, prefix_v = prefix_kv
         k = jnp.concatenate([prefix_k.astype(k.dtype), k], axis=1)
         v = jnp.concatenate([prefix_v.astype(v.dtype), v], axis=1)
         if mask is not None:
             num_prefix = prefix_k.shape[1]
-            mask = jnp.broadcast_to(mask, mask.shape[:-1] + (mask.shape[-1],))
             visible = jnp.ones(mask.shape[:-1] + (num_prefix,), dtype=bool)
-            mask = jnp.concatenate([visible, mask], axis=-1)
+            mask = jnp.concatenate([visible, mask.astype(bool)], axis=-1)
+    backend = None if _dropout_active(dropout) else _fused_backend(v.dtype)
+    if backend is not None:
+        if mask is not None:  # the fused API wants a rank-4 boolean mask
+            mask = jnp.broadcast_to(mask.astype(bool), (1,) * (4 - mask.ndim) + mask.shape)
+        q, k = q.astype(v.dtype), k.astype(v.dtype)
+        return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation=backend)
+    return reference_attention(q, k, v, mask, dropout)
+
+
+def reference_attention(q, k, v, mask, dropout=None) -> jax.Array:
+    """The explicit computation (what ``attention`` runs under dropout): same arguments, no prefix."""
+    batch, length, num_heads, head_dim = q.shape
+    num_kv = k.shape[2]
+    groups = num_heads // num_kv
     if groups == 1:
         scores = jnp.einsum("BTNH,BSNH->BNTS", q, k, preferred_element_type=jnp.float32)
     else:
