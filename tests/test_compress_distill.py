@@ -88,3 +88,19 @@ def test_distill_run_exports_a_three_layer_student(tmp_path, shared_data, minilm
     with torch.no_grad():
         expected = theirs(input_ids=torch.tensor(ids), attention_mask=torch.tensor(mask)).logits.numpy()
     np.testing.assert_allclose(np.asarray(ours(jnp.asarray(ids), jnp.asarray(mask))), expected, atol=1e-5)
+
+
+def test_student_layers_without_a_teacher_cut_the_model(tmp_path, shared_data, minilm_dir):
+    """The no-distillation baseline: the same cut student, trained on hard labels alone."""
+    from jaxkernel.compress.distill import DistillationModel
+    from jaxkernel.train.build import build_model
+    from compress_fixtures import WIKIANN_LABELS
+
+    teacher_dir = tiny_bert_dir(tmp_path, minilm_dir, layers=6, name="teacher")
+    config = ner_config(teacher_dir, shared_data, tmp_path / "run", "distill.student_layers=[0,2,4]")
+    model = build_model(config, labels=tuple(WIKIANN_LABELS))
+    assert not isinstance(model, DistillationModel)
+    assert model.config.num_hidden_layers == 3 and len(model.bert.encoder.layer) == 3
+    teacher = jaxkernel.from_pretrained(teacher_dir)
+    for ours, theirs in zip(model.bert.encoder.layer, [teacher.bert.encoder.layer[i] for i in (0, 2, 4)]):
+        np.testing.assert_array_equal(np.asarray(ours.output.dense.kernel[...]), np.asarray(theirs.output.dense.kernel[...]))

@@ -52,10 +52,14 @@ def build_model(config: Config, labels: tuple[str, ...] | None = None, *, mesh=N
             f"data.max_length={config.data.max_length} but the model at {m.path} has {positions} positions: "
             f"longer sequences cannot be encoded; set data.max_length={positions} or less"
         )
-    if config.distill.teacher is not None:  # jaxkernel.compress.distill: (cut) student + frozen teacher
-        from jaxkernel.compress.distill import attach_teacher, student_from_config
+    if config.distill.student_layers is not None:  # jaxkernel.compress.distill: the cut student
+        from jaxkernel.compress.distill import student_from_config
 
-        return attach_teacher(adapt_model(student_from_config(model, config), config), config, labels)
+        model = student_from_config(model, config)  # without a teacher too: the no-distillation baseline
+    if config.distill.teacher is not None:  # ... trained against the frozen teacher
+        from jaxkernel.compress.distill import attach_teacher
+
+        return attach_teacher(adapt_model(model, config), config, labels)
     return adapt_model(model, config)
 
 
