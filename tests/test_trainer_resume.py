@@ -110,3 +110,27 @@ def test_incompatible_run_directory_is_refused_and_untouched(tmp_path, shared_da
     with pytest.raises(ConfigError, match=r"holds another run.*peft"):
         Trainer(other)
     assert sorted(str(p) for p in run_dir.rglob("*")) == before
+
+
+def test_resume_from_a_checkpoint_between_logging_steps_logs_the_same_curve(tmp_path, shared_data, monkeypatch):
+    """Checkpoints every 3 steps, loss logged every 2: a crash right after the step-3 save resumes
+    with the same logged means (the on-device loss window closes at each checkpoint)."""
+    from jaxkernel.train import loop
+
+    model_dir = tiny_gpt2_dir(tmp_path, shared_data)
+    extra = ("logging.every=2", "checkpoint.every=3", "checkpoint.async_save=false", "train.eval_every=100")
+    straight = lm_config(model_dir, shared_data, str(tmp_path / "straight"), *extra, steps=6)
+    Trainer(straight).fit()
+    config = lm_config(model_dir, shared_data, str(tmp_path / "crashed"), *extra, steps=6)
+
+    def crash(point, step, wait=None):
+        if (point, step) == ("kill_after_save", 3):
+            raise KeyboardInterrupt("simulated preemption")
+
+    monkeypatch.setattr(loop, "_fault", crash)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(config).fit()
+    monkeypatch.undo()
+    Trainer(config).fit()
+    assert losses(config.train.run_dir) == losses(straight.train.run_dir)
+    assert sorted(losses(straight.train.run_dir)) == [2, 3, 4, 6]  # every 2 steps, and at the step-3 checkpoint

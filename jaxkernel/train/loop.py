@@ -356,6 +356,25 @@ class Trainer:
         step = self._restored_step
         last_good = self.checkpointer.latest_step()
         stop = False
+        logged_step = step
+
+        def log_window():
+            nonlocal window, compiles_logged, logged_step, tokens, t0
+            fetched = jax.device_get(window)
+            self._check_finite(fetched["finite"], step, last_good)
+            window = {**window, "loss_sum": jnp.float32(0), "steps": jnp.int32(0)}
+            elapsed = time.perf_counter() - t0
+            record = {"step": step, "split": "train", "loss": float(fetched["loss_sum"] / fetched["steps"]),
+                      "learning_rate": float(self.schedule(step - 1)), "tokens_per_s": tokens / max(elapsed, 1e-9)}
+            for info in self.compile_times[compiles_logged:]:
+                self._log({"step": step, "split": "compile", **info})
+            compiles_logged = len(self.compile_times)
+            self._log(record)
+            logged_step = step
+            if bar is not None:
+                bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{record['tokens_per_s']:.0f}")
+            tokens, t0 = 0, time.perf_counter()
+
         while step < self.total_steps and not stop:
             batch = self._next_batch()
             tokens += int(batch["attention_mask"].sum()) * jax.process_count()
@@ -363,20 +382,10 @@ class Trainer:
             window = accumulate_train_metrics(window, metrics)
             step += 1
             _fault("kill_in_step", step)
-            if step % c.logging.every == 0 or step == self.total_steps:
-                fetched = jax.device_get(window)
-                self._check_finite(fetched["finite"], step, last_good)
-                window = {**window, "loss_sum": jnp.float32(0), "steps": jnp.int32(0)}
-                elapsed = time.perf_counter() - t0
-                record = {"step": step, "split": "train", "loss": float(fetched["loss_sum"] / fetched["steps"]),
-                          "learning_rate": float(self.schedule(step - 1)), "tokens_per_s": tokens / max(elapsed, 1e-9)}
-                for info in self.compile_times[compiles_logged:]:
-                    self._log({"step": step, "split": "compile", **info})
-                compiles_logged = len(self.compile_times)
-                self._log(record)
-                if bar is not None:
-                    bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{record['tokens_per_s']:.0f}")
-                tokens, t0 = 0, time.perf_counter()
+            every = c.checkpoint.every
+            saving = bool(every and step % every == 0) or step == self.total_steps
+            if step % c.logging.every == 0 or saving:
+                log_window()
             if bar is not None:
                 bar.update(1)
             eval_metrics = None
@@ -385,8 +394,11 @@ class Trainer:
                 self._log({"step": step, "split": "eval", **eval_metrics})
                 results["eval"] = eval_metrics
                 stop = self._early_stop(eval_metrics.get(metric))
-            every = c.checkpoint.every
-            if (every and step % every == 0) or step == self.total_steps or stop:
+            if saving or stop:
+                # A checkpoint closes the logging window: the window lives on the device and is not
+                # saved, so a run resumed from this step logs the same means as one that never stopped.
+                if logged_step != step:
+                    log_window()
                 self._check_finite(window["finite"], step, last_good)
                 self._save(step, eval_metrics)
                 last_good = step
