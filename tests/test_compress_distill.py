@@ -104,3 +104,34 @@ def test_student_layers_without_a_teacher_cut_the_model(tmp_path, shared_data, m
     teacher = jaxkernel.from_pretrained(teacher_dir)
     for ours, theirs in zip(model.bert.encoder.layer, [teacher.bert.encoder.layer[i] for i in (0, 2, 4)]):
         np.testing.assert_array_equal(np.asarray(ours.output.dense.kernel[...]), np.asarray(theirs.output.dense.kernel[...]))
+
+
+def test_distillation_on_a_mesh_shards_the_teacher_and_equals_one_device(tmp_path, minilm_dir):
+    """The frozen teacher is placed with the student's rules (fsdp over 4 devices) and the steps equal one device's."""
+    from jaxkernel.sharding.mesh import MeshConfig, make_mesh
+    from jaxkernel.sharding.placement import shard_batch
+
+    directory = tiny_bert_dir(tmp_path, minilm_dir, layers=4)
+    ids, mask = padded_batch(1000, lengths=(7, 5, 6, 3), seed=0)
+    batch = {"input_ids": ids, "attention_mask": mask, "labels": np.where(mask == 1, 1, -100).astype(np.int32)}
+    loss_fn = distillation_loss("token-classification", hidden_weight=1.0)
+    results = []
+    for mesh in (None, make_mesh(MeshConfig(preset="fsdp", shape=(4,), axes=("fsdp",)), jax.devices()[:4])):
+        model = DistillationModel(keep_layers(jaxkernel.from_pretrained(directory), [1, 3]),
+                                  jaxkernel.from_pretrained(directory), hidden_map=(1, 3))
+        tx = optax.adam(1e-2)
+        model_def, state = init_train_state(model, tx, mesh=mesh, rules="fsdp" if mesh else None)
+        step = make_train_step(model_def, tx, loss_fn=loss_fn)
+        data = shard_batch(batch, mesh) if mesh is not None else jax.tree.map(jnp.asarray, batch)
+        for _ in range(2):
+            state, metrics = step(state, data)
+        if mesh is not None:
+            teacher = [x for path, x in jax.tree_util.tree_flatten_with_path(state.frozen)[0]
+                       if "teacher" in jax.tree_util.keystr(path) and getattr(x, "ndim", 0) == 2]
+            assert teacher and any(not x.sharding.is_fully_replicated for x in teacher), "teacher left replicated"
+        results.append((float(metrics["loss"]), jax.tree.map(np.asarray, state.params)))
+    (loss_one, params_one), (loss_mesh, params_mesh) = results
+    assert loss_mesh == pytest.approx(loss_one, rel=1e-5)
+    for a, b in zip(jax.tree.leaves(params_one), jax.tree.leaves(params_mesh)):
+        # Adam moves every weight by ~lr (1e-2); reduction order differs across devices only at ~2e-6
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
