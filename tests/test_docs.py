@@ -29,8 +29,8 @@ def _anchor(heading: str) -> str:
 def test_configuration_reference_is_current():
     from jaxkernel.config import config_reference
 
-    expected = config_reference().rstrip("\n") + "\n"
-    assert (DOCS / "configuration.md").read_text() == expected, (
+    expected = config_reference().rstrip("\n")
+    assert (DOCS / "configuration.md").read_text().rstrip("\n") == expected, (
         "docs/configuration.md is stale: run `python -m jaxkernel.config > docs/configuration.md`")
 
 
