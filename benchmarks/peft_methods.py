@@ -112,6 +112,44 @@ def run_method(name: str, overrides: list[str], args, run_root: Path) -> dict:
     }
 
 
+def time_round_robin(names: list[str], args, run_root: Path, rounds: int = 5) -> dict[str, float]:
+    """Step time only: every method's train step on the same padded batch, timed in interleaved rounds.
+
+    On a shared machine the load changes during a long run; timing all methods round-robin (median over
+    ``rounds`` x ``--time-steps``) makes the step-time column comparable across rows.
+    """
+    from jaxkernel.config import load_config
+    from jaxkernel.train.loop import Trainer
+
+    steps, batch = {}, None
+    for name in names:
+        common = [f"train.steps={args.steps}", f"train.batch_size={args.batch_size}",
+                  f"train.run_dir={run_root / name}", "logging.progress_bar=false", "logging.tensorboard=false",
+                  "data.eval_split=null", f"data.max_length={args.max_length}", "data.max_train_examples=512"]
+        extra = adalora_schedule(args.steps) if name == "AdaLoRA" else []
+        trainer = Trainer(load_config(PRESET, common + METHODS[name] + extra), roles=("train",))
+        if batch is None:  # one batch of the longest bucket, the same for every method
+            for candidate in trainer.train_loader:
+                if batch is None or candidate["input_ids"].shape[1] > batch["input_ids"].shape[1]:
+                    batch = candidate
+        device_batch = trainer.to_device(batch)
+        state, _ = trainer.train_step(trainer.state, device_batch)  # compile
+        jax.block_until_ready(state)
+        steps[name] = [trainer.train_step, state, device_batch]
+    times = {name: [] for name in names}
+    for _ in range(rounds):
+        for name in names:
+            step, state, device_batch = steps[name]
+            for _ in range(args.time_steps):
+                t0 = time.perf_counter()
+                state, metrics = step(state, device_batch)
+                jax.block_until_ready(metrics)
+                times[name].append(time.perf_counter() - t0)
+            steps[name][1] = state
+    print(f"batch shape {list(batch['input_ids'].shape)}, {rounds} rounds x {args.time_steps} steps")
+    return {name: 1000 * statistics.median(t) for name, t in times.items()}
+
+
 def table(rows: list[dict]) -> str:
     lines = ["| method | trainable params | trainable % | optimizer state | step (ms) | test F1 |",
              "|---|---:|---:|---:|---:|---:|"]
@@ -134,6 +172,8 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--smoke", action="store_true",
                         help="2 steps, batch 4, length 32, 32 train / 16 test examples, 2 timed steps: checks it runs")
     parser.add_argument("--out", type=Path, default=None, help="also write the rows as JSON here")
+    parser.add_argument("--time-only", action="store_true",
+                        help="no training: time every method's step round-robin (comparable under changing load)")
     args = parser.parse_args(argv)
     if args.smoke:
         args.steps, args.batch_size, args.max_length = 2, 4, 32
@@ -142,6 +182,15 @@ def main(argv=None) -> list[dict]:
     unknown = sorted(set(names) - set(METHODS))
     if unknown:
         parser.error(f"unknown methods {unknown}; choose from {', '.join(METHODS)}")
+    if args.time_only:
+        with tempfile.TemporaryDirectory(prefix="peft-methods-") as tmp:
+            ms = time_round_robin(names, args, Path(tmp))
+        print("| method | step (ms) |\n|---|---:|")
+        for name, value in ms.items():
+            print(f"| {name} | {value:.1f} |")
+        if args.out:
+            args.out.write_text(json.dumps(ms, indent=2) + "\n")
+        return [{"method": n, "step_ms": v} for n, v in ms.items()]
     rows = []
     with tempfile.TemporaryDirectory(prefix="peft-methods-") as tmp:
         for name in names:

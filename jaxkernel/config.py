@@ -28,6 +28,7 @@ import io
 import os
 import tokenize
 import types
+import re
 import typing
 from pathlib import Path
 from typing import Any, Literal, Optional, Union
@@ -508,6 +509,10 @@ def _coerce(value: Any, tp, where: str) -> Any:
             return value
         close = difflib.get_close_matches(str(value), [str(a) for a in args], n=1)
         hint = f"; did you mean {close[0]!r}?" if close else ""
+        sexagesimal = [a for a in args if isinstance(a, str) and re.fullmatch(r"\d+:\d+", a)
+                       and isinstance(value, int) and int(a.split(":")[0]) * 60 + int(a.split(":")[1]) == value]
+        if sexagesimal:  # YAML 1.1 reads an unquoted 2:4 as the base-60 number 124
+            hint = f"; YAML read an unquoted {sexagesimal[0]} as the number {value}: quote it, '{sexagesimal[0]}'"
         raise ConfigError(f"{where}: {value!r} is not one of {', '.join(repr(a) for a in args)}{hint}")
     if origin is tuple:
         if isinstance(value, str) or not isinstance(value, (list, tuple)):
@@ -687,7 +692,10 @@ def _optional(tp) -> bool:
 
 
 def _is_text_type(tp) -> bool:
+    """A str field, or a choice of strings (``pattern=2:4`` stays the text it is, not YAML's number 124)."""
     members = [a for a in typing.get_args(tp) if a is not type(None)] if _optional(tp) else [tp]
+    if len(members) == 1 and typing.get_origin(members[0]) is Literal:
+        return all(isinstance(a, str) for a in typing.get_args(members[0]))
     return members == [str]
 
 

@@ -220,3 +220,14 @@ def test_quant_kwargs_match_quantize_model():
     kwargs = load_config(None, ["quant.method=int8", "quant.skip=[classifier]"]).quant.as_kwargs()
     params = inspect.signature(quantize_model).parameters
     assert set(kwargs) <= set(params) and kwargs["skip"] == ("classifier",)
+
+
+def test_a_choice_of_strings_is_read_as_text_not_as_yaml(tmp_path):
+    """``sparsity.pattern=2:4`` on the command line is the text '2:4' (YAML 1.1 would read 124)."""
+    from jaxkernel.config import ConfigError, load_config
+
+    assert load_config(None, ["sparsity.pattern=2:4"]).sparsity.pattern == "2:4"
+    path = tmp_path / "run.yaml"
+    path.write_text("sparsity:\n  method: magnitude\n  pattern: 2:4\n")  # unquoted in a YAML file
+    with pytest.raises(ConfigError, match=r"sparsity.pattern: 124 .*quote it, '2:4'"):
+        load_config(path)
