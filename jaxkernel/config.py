@@ -404,7 +404,8 @@ class DistillConfig:
     temperature: float = 2.0  # T: softens both distributions; the KL term is scaled by T^2
     alpha: float = 0.5  # weight of the distillation (KL) term; 1 - alpha weighs the hard-label loss
     hidden_weight: float = 0.0  # weight of the hidden-state MSE; 0 = off (needs equal widths)
-    # Teacher layer matched by each student layer for the MSE; null = student_layers, else evenly spaced.
+    # Teacher layer matched by each student layer for the MSE; null = evenly spaced with the last student
+    # layer on the teacher's last (3 of 6 layers: 1, 3, 5), as DistilBERT/TinyBERT align them.
     hidden_map: Optional[tuple[int, ...]] = None
 
     def __post_init__(self):

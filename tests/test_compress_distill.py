@@ -135,3 +135,14 @@ def test_distillation_on_a_mesh_shards_the_teacher_and_equals_one_device(tmp_pat
     for a, b in zip(jax.tree.leaves(params_one), jax.tree.leaves(params_mesh)):
         # Adam moves every weight by ~lr (1e-2); reduction order differs across devices only at ~2e-6
         np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
+
+
+def test_default_hidden_map_puts_the_last_student_layer_on_the_teachers_last(tmp_path, shared_data, minilm_dir):
+    from jaxkernel.train.build import build_model
+    from compress_fixtures import WIKIANN_LABELS
+
+    teacher_dir = tiny_bert_dir(tmp_path, minilm_dir, layers=6, name="teacher")
+    config = ner_config(teacher_dir, shared_data, tmp_path / "run", f"distill.teacher={teacher_dir}",
+                        "distill.student_layers=[0,2,4]", "distill.hidden_weight=1.0")
+    model = build_model(config, labels=tuple(WIKIANN_LABELS))
+    assert isinstance(model, DistillationModel) and tuple(model.hidden_map) == (1, 3, 5)

@@ -19,7 +19,7 @@ Example::
 
     teacher = jaxkernel.from_pretrained(teacher_dir, task="token-classification")
     student = keep_layers(jaxkernel.from_pretrained(teacher_dir), [0, 2, 4])
-    model = DistillationModel(student, teacher, hidden_map=(0, 2, 4))
+    model = DistillationModel(student, teacher, hidden_map=(1, 3, 5))
     loss_fn = distillation_loss(model.task, temperature=2.0, alpha=0.5, hidden_weight=1.0)
     model_def, state = init_train_state(model, tx)
     step = make_train_step(model_def, tx, loss_fn=loss_fn)
@@ -258,8 +258,8 @@ def attach_teacher(student: nnx.Module, config, labels=None) -> DistillationMode
     teacher = from_pretrained(resolve_path(d.teacher), task=config.model.task, seed=config.train.seed)
     hidden_map = None
     if d.hidden_weight:
-        hidden_map = d.hidden_map or d.student_layers
-        if hidden_map is None:
+        hidden_map = d.hidden_map
+        if hidden_map is None:  # evenly spaced, the last student layer on the teacher's last (whose output the head reads)
             n_s = family_of(student).dims(student.config).layers
             n_t = family_of(teacher).dims(teacher.config).layers
             hidden_map = tuple(round((j + 1) * n_t / n_s) - 1 for j in range(n_s))
