@@ -228,7 +228,7 @@ def main(argv=None) -> int:
         minilm_timing(record, args.repeats)
     results = REPO / "benchmarks" / "results"
     results.mkdir(parents=True, exist_ok=True)
-    out = results / f"load_sharded-{datetime.date.today().isoformat()}.json"
+    out = results / f"load_sharded-{args.size}-{datetime.date.today().isoformat()}.json"
     out.write_text(json.dumps(record, indent=2))
     print(f"raw results: {out}")
     return 0
