@@ -67,6 +67,11 @@ def tree_bytes(tree) -> int:
     return int(sum(np.prod(x.shape) * x.dtype.itemsize for x in jax.tree.leaves(tree) if hasattr(x, "dtype")))
 
 
+def longest_batch(loader) -> dict:
+    """A batch of the loader's longest bucket (the step every method is timed on)."""
+    return max(loader, key=lambda batch: batch["input_ids"].shape[1])
+
+
 def run_method(name: str, overrides: list[str], args, run_root: Path) -> dict:
     from jaxkernel.config import load_config
     from jaxkernel.peft import count_parameters
@@ -91,11 +96,7 @@ def run_method(name: str, overrides: list[str], args, run_root: Path) -> dict:
     f1 = results.get("test", {}).get("f1")
 
     # Step time: one batch padded to the longest bucket, compiled first, then timed step by step.
-    batch = None
-    for candidate in trainer.train_loader:
-        if batch is None or candidate["input_ids"].shape[1] > batch["input_ids"].shape[1]:
-            batch = candidate
-    batch = trainer.to_device(batch)
+    batch = trainer.to_device(longest_batch(trainer.train_loader))
     state = trainer.state
     state, _ = trainer.train_step(state, batch)
     jax.block_until_ready(state)
@@ -129,9 +130,7 @@ def time_round_robin(names: list[str], args, run_root: Path, rounds: int = 5) ->
         extra = adalora_schedule(args.steps) if name == "AdaLoRA" else []
         trainer = Trainer(load_config(PRESET, common + METHODS[name] + extra), roles=("train",))
         if batch is None:  # one batch of the longest bucket, the same for every method
-            for candidate in trainer.train_loader:
-                if batch is None or candidate["input_ids"].shape[1] > batch["input_ids"].shape[1]:
-                    batch = candidate
+            batch = longest_batch(trainer.train_loader)
         device_batch = trainer.to_device(batch)
         state, _ = trainer.train_step(trainer.state, device_batch)  # compile
         jax.block_until_ready(state)

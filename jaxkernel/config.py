@@ -26,9 +26,9 @@ import importlib.util
 import inspect
 import io
 import os
+import re
 import tokenize
 import types
-import re
 import typing
 from pathlib import Path
 from typing import Any, Literal, Optional, Union

@@ -384,6 +384,8 @@ class Trainer:
             _fault("kill_in_step", step)
             every = c.checkpoint.every
             saving = bool(every and step % every == 0) or step == self.total_steps
+            # A checkpoint closes the logging window: the window lives on the device and is not
+            # saved, so a run resumed from this step logs the same means as one that never stopped.
             if step % c.logging.every == 0 or saving:
                 log_window()
             if bar is not None:
@@ -395,9 +397,7 @@ class Trainer:
                 results["eval"] = eval_metrics
                 stop = self._early_stop(eval_metrics.get(metric))
             if saving or stop:
-                # A checkpoint closes the logging window: the window lives on the device and is not
-                # saved, so a run resumed from this step logs the same means as one that never stopped.
-                if logged_step != step:
+                if logged_step != step:  # an early stop between logging steps closes the window too
                     log_window()
                 self._check_finite(window["finite"], step, last_good)
                 self._save(step, eval_metrics)
