@@ -1,11 +1,12 @@
 """Compression methods side by side on WikiANN-en with MiniLM: size, CPU latency, F1 at a fixed budget.
 
-Methods (each trained for the same ``--steps`` of batch ``--batch-size``):
+Methods (each trained for the same ``--steps`` of batch ``--batch-size``; the dense model, which is
+the teacher and the pruning source, for ``--teacher-steps`` when given):
 
 - ``dense``      full fine-tune (the reference; also the teacher and the model that gets pruned)
 - ``student``    3 of the teacher's 6 layers (0, 2, 4) fine-tuned on the hard labels alone (no teacher)
 - ``distill``    the same 3-layer student distilled from ``dense`` (KL at T=2 mixed with the labels,
-                 plus hidden-state MSE on the mapped layers)
+                 plus hidden-state MSE on the mapped layers; ``--distill`` overrides any of it)
 - ``pruned``     the dense model with ``--heads`` of its heads and ``--ffn`` of its FFN units removed
                  (Michel et al. importance on dev batches), then fine-tuned again for ``--steps``
 - ``sparse24``   full fine-tune with 2:4 masks (the zeros are stored densely)
@@ -28,21 +29,22 @@ ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "wikiann-en"
 
 
-def overrides(args, run_dir: Path, model_path: str) -> list[str]:
+def overrides(args, run_dir: Path, model_path: str, steps: int, learning_rate: float) -> list[str]:
     return [
         f"model.path={model_path}", "model.task=token-classification", f"data.source={DATA}",
-        f"data.max_train_examples={args.steps * args.batch_size}", f"data.max_eval_examples={args.max_test_examples}",
-        "peft.method=none", "optimizer.learning_rate=5e-5", f"train.steps={args.steps}",
-        f"train.batch_size={args.batch_size}", f"train.eval_every={args.steps}", f"train.run_dir={run_dir}",
+        f"data.max_train_examples={steps * args.batch_size}", f"data.max_eval_examples={args.max_test_examples}",
+        "peft.method=none", f"optimizer.learning_rate={learning_rate}", f"train.steps={steps}",
+        f"train.batch_size={args.batch_size}", f"train.eval_every={steps}", f"train.run_dir={run_dir}",
         "logging.progress_bar=false", "logging.tensorboard=false", "checkpoint.every=0",
     ]
 
 
-def train(args, name: str, work: Path, model_path: str, *extra: str):
+def train(args, name: str, work: Path, model_path: str, *extra: str, steps: int | None = None, learning_rate=None):
     from jaxkernel.config import load_config
     from jaxkernel.train.loop import Trainer
 
-    config = load_config(None, overrides(args, work / name, model_path) + list(extra))
+    run = overrides(args, work / name, model_path, steps or args.steps, learning_rate or args.learning_rate)
+    config = load_config(None, run + list(extra))
     trainer = Trainer(config)
     results = trainer.fit()
     out = trainer.export(work / f"{name}-hf")
@@ -99,6 +101,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=300)
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--learning-rate", type=float, default=5e-5)
+    parser.add_argument("--teacher-steps", type=int, default=None,
+                        help="train the dense model (teacher, pruning source) this long instead of --steps")
+    parser.add_argument("--student-learning-rate", type=float, default=None,
+                        help="learning rate of both 3-layer students (default --learning-rate)")
+    parser.add_argument("--distill", nargs="*", default=["distill.hidden_weight=1.0"],
+                        help="distill.* overrides of the distilled student (temperature, alpha, hidden_weight...)")
     parser.add_argument("--max-test-examples", type=int, default=2000)
     parser.add_argument("--heads", type=float, default=0.5)
     parser.add_argument("--ffn", type=float, default=0.25)
@@ -116,13 +125,15 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        dense, f1 = train(args, "dense", work, minilm)
+        dense, f1 = train(args, "dense", work, minilm, steps=args.teacher_steps)
         record("dense", dense, f1)
+        student_lr = args.student_learning_rate
         if "student" in methods:
-            record("student", *train(args, "student", work, str(dense), "distill.student_layers=[0,2,4]"))
+            record("student", *train(args, "student", work, str(dense), "distill.student_layers=[0,2,4]",
+                                     learning_rate=student_lr))
         if "distill" in methods:
             record("distill", *train(args, "distill", work, str(dense), f"distill.teacher={dense}",
-                                     "distill.student_layers=[0,2,4]", "distill.hidden_weight=1.0"))
+                                     "distill.student_layers=[0,2,4]", *args.distill, learning_rate=student_lr))
         if "pruned" in methods:
             record("pruned", *train(args, "pruned", work, str(prune(args, dense, work))))
         if "sparse24" in methods:
@@ -139,7 +150,9 @@ def main() -> None:
     for name in rows:
         rows[name]["f1"] = f1s[name]
     base = rows["dense"]
-    lines = [f"WikiANN-en, MiniLM, {args.steps} steps x {args.batch_size} per row, test F1 on "
+    budget = (f"{args.steps} steps x {args.batch_size} per row" if not args.teacher_steps else
+              f"dense (teacher) {args.teacher_steps} steps, other rows {args.steps} steps, x {args.batch_size}")
+    lines = [f"WikiANN-en, MiniLM, {budget}, distill {' '.join(args.distill)}, test F1 on "
              f"{args.max_test_examples} test sentences; latency: forward, batch 8 x 128, CPU, median of 7 round-robin rounds", "",
              "| method | parameters | nonzero | bytes | latency (ms) | speed-up | test F1 |", "|---|---|---|---|---|---|---|"]
     for name, r in rows.items():

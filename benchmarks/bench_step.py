@@ -13,8 +13,9 @@ the trained classifier, or a full fine-tune. Variants, each at lengths 32 and 12
 
 A second table times only the dropout masks one MiniLM step draws (per layer: attention
 probabilities (B, 12, T, T), two hidden states and, with LoRA, the two adapter inputs (B, T, 384);
-plus the embeddings): one ``bernoulli`` per site as ``nnx.Dropout`` does, vs one large draw of
-bits split over the sites, 32-bit uniforms vs 8/16-bit integer thresholds, per key implementation.
+plus the embeddings): one ``bernoulli`` per element as ``nnx.Dropout`` does, vs jaxkernel's
+``Dropout`` (16-bit thresholds, four per threefry hash; other key implementations draw 16 bits
+per element), per key implementation.
 
 Timing: all variants compile first, then rounds run each variant for ``--steps`` steps in turn
 (round-robin, so load changes on a shared machine hit all variants alike); the table gives the
@@ -202,19 +203,13 @@ def mask_fn(shapes, how: str, impl: str):
         keys = jax.random.split(key, len(shapes))
         return [jax.random.bernoulli(k, 1 - rate, s) for k, s in zip(keys, shapes)]
 
-    def one_draw(key, dtype):
-        sizes = [int(np.prod(s)) for s in shapes]
-        bits = jax.random.bits(key, (sum(sizes),), dtype)
-        threshold = int(round(rate * (np.iinfo(dtype).max + 1)))  # keep iff bits >= rate * 2^w
-        keep = bits >= threshold
-        out, start = [], 0
-        for s, n in zip(shapes, sizes):
-            out.append(keep[start:start + n].reshape(s))
-            start += n
-        return out
+    def packed(key):
+        from jaxkernel.models.dropout import dropout_mask
 
-    fn = {"bernoulli per site": per_site, "one draw u32": lambda k: one_draw(k, jnp.uint32),
-          "one draw u16": lambda k: one_draw(k, jnp.uint16), "one draw u8": lambda k: one_draw(k, jnp.uint8)}[how]
+        keys = jax.random.split(key, len(shapes))
+        return [dropout_mask(k, rate, s)[0] for k, s in zip(keys, shapes)]
+
+    fn = {"bernoulli per site (nnx.Dropout)": per_site, "16-bit per site (jaxkernel Dropout)": packed}[how]
     # The key is an argument (a constant would be folded at compile time); the sums keep the masks alive.
     jitted = jax.jit(lambda key: [jnp.sum(m) for m in fn(key)])
     key = jax.random.key(0, impl=impl)
@@ -290,13 +285,13 @@ def main() -> None:
         for t in args.lengths:
             shapes = mask_shapes(t, lora=True)
             for impl in ("threefry2x32", "rbg", "unsafe_rbg"):
-                for how in ("bernoulli per site", "one draw u32", "one draw u16", "one draw u8"):
+                for how in ("bernoulli per site (nnx.Dropout)", "16-bit per site (jaxkernel Dropout)"):
                     name = f"{how} [{impl}] T={t}"
                     mvariants[name] = (mask_fn(shapes, how, impl), t)
                     mlengths[name] = t
         mtimes = timed(mvariants, batches, args.rounds, args.steps)
         report("dropout masks of one LoRA step (no model)", mtimes,
-               {t: f"bernoulli per site [threefry2x32] T={t}" for t in args.lengths}, mlengths)
+               {t: f"bernoulli per site (nnx.Dropout) [threefry2x32] T={t}" for t in args.lengths}, mlengths)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,8 @@ AdamW, batch 32) at one bucket length. Each variant is compiled first, then all 
 
 * ``step``: ``make_train_step`` as the trainer runs it (the whole thing);
 * ``step, no dropout``: the same with every dropout rate 0 -> the random bits' share;
+* ``step, nnx.Dropout masks``: the same with flax's ``nnx.Dropout`` (one 32-bit uniform, i.e. one
+  threefry hash, per element) instead of jaxkernel's packed 16-bit masks (one hash per 4 elements);
 * ``loss + grads``: value-and-grad of the loss without the optimizer -> the optimizer's share;
 * ``forward (train mode)``: the loss alone -> backward's share;
 * ``matmuls only``: the step's dense and attention matmuls (forward, and backward for activations,
@@ -40,7 +42,7 @@ def batch_of(length: int) -> dict:
             "labels": jnp.asarray(rng.integers(0, LABELS, (B, length)), jnp.int32)}
 
 
-def build(dropout: bool):
+def build(dropout: bool, flax_masks: bool = False):
     from jaxkernel.config import load_config
     from jaxkernel.peft import trainable_filter
     from jaxkernel.train.build import build_model, build_optimizer
@@ -53,6 +55,10 @@ def build(dropout: bool):
         for _, module in nnx.iter_modules(model):
             if isinstance(module, nnx.Dropout):
                 module.rate = 0.0
+    if flax_masks:
+        for _, module in nnx.iter_modules(model):
+            if isinstance(module, nnx.Dropout):
+                module.__class__ = nnx.Dropout  # same state, flax's bernoulli masks
     tx, _ = build_optimizer(config, 10_000, model)
     return model, tx, trainable_filter(model)
 
@@ -62,12 +68,13 @@ def variants(length: int) -> dict:
     from jaxkernel.train.step import _reseed, forward, init_train_state, make_train_step
 
     out = {}
-    for name, dropout in (("step", True), ("step, no dropout", False)):
-        model, tx, trainable = build(dropout)
+    for name, dropout, flax_masks in (("step", True, False), ("step, no dropout", False, False),
+                                      ("step, nnx.Dropout masks", True, True)):
+        model, tx, trainable = build(dropout, flax_masks)
         model_def, state = init_train_state(model, tx, trainable=trainable, seed=0)
         step = make_train_step(model_def, tx, donate=False)
         out[name] = (step, (state,))
-        if dropout:
+        if name == "step":
             loss_fn = loss_for_task(model_def.task)
 
             def loss(params, batch, frozen=state.frozen, model_def=model_def):
@@ -149,6 +156,8 @@ def main() -> None:
         parts = [
             ("whole step", "step", whole),
             ("dropout random bits + masking", "step - step, no dropout", whole - med["step, no dropout"]),
+            ("nnx.Dropout's masks instead (one hash per element)", "step, nnx.Dropout masks - step",
+             med["step, nnx.Dropout masks"] - whole),
             ("optimizer update (+ clip)", "step - loss + grads", whole - med["loss + grads"]),
             ("backward", "loss + grads - forward", med["loss + grads"] - med["forward (train mode)"]),
             ("matmuls (forward + activation grads)", "matmuls only", med["matmuls only"]),

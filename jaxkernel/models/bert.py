@@ -21,6 +21,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxkernel.models.attention import attention, padding_mask
+from jaxkernel.models.dropout import dropout
 from jaxkernel.models.layers import ACTIVATIONS, Embed, LayerNorm, Linear, constrain, logical_param, run_layer
 
 
@@ -87,11 +88,6 @@ class EncoderOutput(NamedTuple):
     pooler_output: jax.Array | None  # (B, D)
 
 
-def _dropout(rate: float, rngs: nnx.Rngs) -> nnx.Dropout:
-    # Built in eval mode: model.train() turns dropout on for fine-tuning.
-    return nnx.Dropout(rate, deterministic=True, rngs=rngs)
-
-
 def _linear(config: BertConfig, n_in: int, n_out: int, axes, rngs: nnx.Rngs) -> Linear:
     return Linear(n_in, n_out, axes=axes, stddev=config.initializer_range, dtype=config.compute_dtype, rngs=rngs)
 
@@ -103,7 +99,7 @@ class BertEmbeddings(nnx.Module):
         self.position_embeddings = Embed(config.max_position_embeddings, config.hidden_size, axes=(None, "embed"), **init)
         self.token_type_embeddings = Embed(config.type_vocab_size, config.hidden_size, axes=(None, "embed"), **init)
         self.LayerNorm = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = _dropout(config.hidden_dropout_prob, rngs)
+        self.dropout = dropout(config.hidden_dropout_prob, rngs)
 
     def __call__(self, input_ids, token_type_ids, position_ids):
         x = self.word_embeddings(input_ids) + self.token_type_embeddings(token_type_ids)
@@ -118,7 +114,7 @@ class BertSelfAttention(nnx.Module):
         self.query = _linear(config, d, inner, ("embed", "heads"), rngs)
         self.key = _linear(config, d, inner, ("embed", "heads"), rngs)
         self.value = _linear(config, d, inner, ("embed", "heads"), rngs)
-        self.dropout = _dropout(config.attention_probs_dropout_prob, rngs)
+        self.dropout = dropout(config.attention_probs_dropout_prob, rngs)
 
     def __call__(self, x, mask, prefix_kv=None):
         def split_heads(t):  # (B, T, D) -> (B, T, N, H)
@@ -142,7 +138,7 @@ class BertSelfOutput(nnx.Module):
         inner = (config.num_attention_heads if num_heads is None else num_heads) * config.head_dim
         self.dense = _linear(config, inner, config.hidden_size, ("heads", "embed"), rngs)
         self.LayerNorm = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = _dropout(config.hidden_dropout_prob, rngs)
+        self.dropout = dropout(config.hidden_dropout_prob, rngs)
         self.adapters = nnx.data(None)  # see _add_norm
 
     def __call__(self, h, residual):
@@ -172,7 +168,7 @@ class BertOutput(nnx.Module):
     def __init__(self, config: BertConfig, *, rngs: nnx.Rngs):
         self.dense = _linear(config, config.intermediate_size, config.hidden_size, ("mlp", "embed"), rngs)
         self.LayerNorm = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = _dropout(config.hidden_dropout_prob, rngs)
+        self.dropout = dropout(config.hidden_dropout_prob, rngs)
         self.adapters = nnx.data(None)  # see _add_norm
 
     def __call__(self, h, residual):
@@ -307,7 +303,7 @@ class BertForSequenceClassification(BertTaskModel):
 
     def __init__(self, config: BertConfig, *, rngs: nnx.Rngs):
         self._init_base(config, rngs, add_pooling_layer=True)
-        self.dropout = _dropout(_classifier_dropout(config), rngs)
+        self.dropout = dropout(_classifier_dropout(config), rngs)
         self.classifier = _linear(config, config.hidden_size, config.num_labels, ("embed", None), rngs)
 
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, prefix_kv=None):
@@ -323,7 +319,7 @@ class BertForTokenClassification(BertTaskModel):
 
     def __init__(self, config: BertConfig, *, rngs: nnx.Rngs):
         self._init_base(config, rngs)
-        self.dropout = _dropout(_classifier_dropout(config), rngs)
+        self.dropout = dropout(_classifier_dropout(config), rngs)
         self.classifier = _linear(config, config.hidden_size, config.num_labels, ("embed", None), rngs)
 
     def __call__(self, input_ids, attention_mask=None, token_type_ids=None, position_ids=None, prefix_kv=None):

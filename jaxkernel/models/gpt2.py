@@ -23,6 +23,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxkernel.models.attention import KVCache, attention, causal_mask, position_ids_from_mask
+from jaxkernel.models.dropout import dropout
 from jaxkernel.models.layers import ACTIVATIONS, Embed, LayerNorm, Linear, constrain, run_layer
 
 
@@ -75,11 +76,6 @@ class Gpt2Config:
         return None if self.dtype is None else jnp.dtype(self.dtype)
 
 
-def _dropout(rate: float, rngs: nnx.Rngs) -> nnx.Dropout:
-    # Built in eval mode: model.train() turns dropout on for fine-tuning.
-    return nnx.Dropout(rate, deterministic=True, rngs=rngs)
-
-
 def _linear(config: Gpt2Config, n_in, n_out, axes, rngs, use_bias=True) -> Linear:
     return Linear(
         n_in, n_out, axes=axes, use_bias=use_bias, stddev=config.initializer_range,
@@ -93,8 +89,8 @@ class Gpt2Attention(nnx.Module):
         d = config.n_embd
         self.c_attn = _linear(config, d, 3 * d, ("embed", "qkv"), rngs)
         self.c_proj = _linear(config, d, d, ("heads", "embed"), rngs)
-        self.attn_dropout = _dropout(config.attn_pdrop, rngs)
-        self.resid_dropout = _dropout(config.resid_pdrop, rngs)
+        self.attn_dropout = dropout(config.attn_pdrop, rngs)
+        self.resid_dropout = dropout(config.resid_pdrop, rngs)
 
     def __call__(self, x, mask, layer_cache=None, cache_index=None, prefix_kv=None):
         """x (B, T, D); layer_cache optional (keys, values) each (B, S, N, H)."""
@@ -116,7 +112,7 @@ class Gpt2Mlp(nnx.Module):
         self.c_fc = _linear(config, config.n_embd, config.inner_size, ("embed", "mlp"), rngs)
         self.c_proj = _linear(config, config.inner_size, config.n_embd, ("mlp", "embed"), rngs)
         self.act = ACTIVATIONS[config.activation_function]
-        self.dropout = _dropout(config.resid_pdrop, rngs)
+        self.dropout = dropout(config.resid_pdrop, rngs)
 
     def __call__(self, x):
         return self.dropout(self.c_proj(self.act(self.c_fc(x))))
@@ -145,7 +141,7 @@ class Gpt2Model(nnx.Module):
         init = dict(stddev=config.initializer_range, dtype=config.compute_dtype, rngs=rngs)
         self.wte = Embed(config.vocab_size, config.n_embd, **init)
         self.wpe = Embed(config.n_positions, config.n_embd, axes=(None, "embed"), **init)
-        self.drop = _dropout(config.embd_pdrop, rngs)
+        self.drop = dropout(config.embd_pdrop, rngs)
         self.h = nnx.List([Gpt2Block(config, rngs=rngs) for _ in range(config.n_layer)])
         self.ln_f = LayerNorm(config.n_embd, eps=config.layer_norm_epsilon)
         self.remat = False  # set by the trainer (train.remat): recompute block activations in backward

@@ -34,6 +34,7 @@ from flax import nnx
 from jaxkernel.models.attention import (
     KVCache, apply_rotary, attention, causal_mask, position_ids_from_mask, rope_inverse_frequencies, rotary_cos_sin,
 )
+from jaxkernel.models.dropout import dropout
 from jaxkernel.models.layers import ACTIVATIONS, Embed, GatedMlp, Linear, RMSNorm, constrain, run_layer
 
 
@@ -147,11 +148,6 @@ class LlamaConfig:
         return None if self.dtype is None else jnp.dtype(self.dtype)
 
 
-def _dropout(rate: float, rngs: nnx.Rngs) -> nnx.Dropout:
-    # Built in eval mode: model.train() turns dropout on for fine-tuning.
-    return nnx.Dropout(rate, deterministic=True, rngs=rngs)
-
-
 def _linear(config: LlamaConfig, n_in, n_out, axes, rngs, use_bias=False) -> Linear:
     return Linear(
         n_in, n_out, axes=axes, use_bias=use_bias, stddev=config.initializer_range,
@@ -168,7 +164,7 @@ class LlamaAttention(nnx.Module):
         self.k_proj = _linear(config, d, self.num_kv_heads * h, ("embed", "heads"), rngs, bias)
         self.v_proj = _linear(config, d, self.num_kv_heads * h, ("embed", "heads"), rngs, bias)
         self.o_proj = _linear(config, self.num_heads * h, d, ("heads", "embed"), rngs, config.o_bias)
-        self.attn_dropout = _dropout(config.attention_dropout, rngs)
+        self.attn_dropout = dropout(config.attention_dropout, rngs)
 
     def __call__(self, x, mask, cos_sin, layer_cache=None, cache_index=None, prefix_kv=None):
         """x (B, T, D); cos_sin (B, T, H) each; layer_cache optional (keys, values) each (B, S, K, H)."""

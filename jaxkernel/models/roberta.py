@@ -31,9 +31,9 @@ from jaxkernel.models.bert import (
     BertModel,
     BertTaskModel,
     _classifier_dropout,
-    _dropout,
     _linear,
 )
+from jaxkernel.models.dropout import dropout
 from jaxkernel.models.layers import ACTIVATIONS, Embed, LayerNorm, logical_param
 
 ROBERTA_MODEL_TYPES = ("roberta", "xlm-roberta")
@@ -95,7 +95,7 @@ class RobertaClassificationHead(nnx.Module):
 
     def __init__(self, config: RobertaConfig, *, rngs: nnx.Rngs):
         self.dense = _linear(config, config.hidden_size, config.hidden_size, ("embed", None), rngs)
-        self.dropout = _dropout(_classifier_dropout(config), rngs)
+        self.dropout = dropout(_classifier_dropout(config), rngs)
         self.out_proj = _linear(config, config.hidden_size, config.num_labels, ("embed", None), rngs)
 
     def __call__(self, hidden: jax.Array) -> jax.Array:

@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxkernel.models.dropout import Dropout
 from jaxkernel.models.registry import family_of
 from jaxkernel.peft.lora import LoraLinear, LoraParam, _kernel_axes, check_no_adapter, low_rank_targets
 from jaxkernel.peft.targets import Targets, check_targets, get_module, module_paths, set_module
@@ -126,7 +127,7 @@ class AdaLoraLinear(LoraLinear):
         self.lora_A = AdaLoraParam(a, out_sharding=(in_axis, "lora_rank"), eager_sharding=False)
         self.lora_E = AdaLoraParam(jnp.zeros((r,), param_dtype), out_sharding=("lora_rank",), eager_sharding=False)
         self.lora_B = AdaLoraParam(b, out_sharding=("lora_rank", out_axis), eager_sharding=False)
-        self.dropout = nnx.data(nnx.Dropout(dropout, deterministic=True, rngs=rngs) if dropout > 0 else None)
+        self.dropout = nnx.data(Dropout(dropout, deterministic=True, rngs=rngs) if dropout > 0 else None)
 
     def set_ranknum(self, ranknum: float) -> None:
         """PEFT's ``ranknum``: the update is ``* alpha / (ranknum + 1e-5)`` (a float32 tensor there)."""

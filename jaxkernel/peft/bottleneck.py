@@ -38,6 +38,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxkernel.models.dropout import Dropout
 from jaxkernel.models.layers import ACTIVATIONS, Linear
 from jaxkernel.peft.lora import check_no_adapter, resolve_modules_to_save
 from jaxkernel.peft.targets import module_paths
@@ -157,7 +158,7 @@ class BottleneckAdapter(nnx.Module):
         self.original_ln_after = config.original_ln_after
         self.residual_before_ln = config.residual_before_ln
         self.adapter_residual_before_ln = config.adapter_residual_before_ln
-        self.dropout = nnx.data(nnx.Dropout(config.dropout, deterministic=True, rngs=rngs) if config.dropout > 0 else None)
+        self.dropout = nnx.data(Dropout(config.dropout, deterministic=True, rngs=rngs) if config.dropout > 0 else None)
         self._init(config.init_weights, rngs)
 
     def _init(self, scheme: str, rngs: nnx.Rngs) -> None:

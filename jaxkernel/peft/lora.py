@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxkernel.models.dropout import Dropout
 from jaxkernel.models.layers import Linear
 from jaxkernel.models.registry import family_of
 from jaxkernel.peft.targets import Targets, check_targets, get_module, match_modules, module_paths, set_module
@@ -131,7 +132,7 @@ class LoraLinear(nnx.Module):
         self.lora_B = LoraParam(
             jnp.zeros((r, self.out_features), param_dtype), out_sharding=("lora_rank", out_axis), eager_sharding=False
         )
-        self.dropout = nnx.data(nnx.Dropout(dropout, deterministic=True, rngs=rngs) if dropout > 0 else None)
+        self.dropout = nnx.data(Dropout(dropout, deterministic=True, rngs=rngs) if dropout > 0 else None)
 
     def delta_kernel(self) -> jax.Array:
         """The (in, out) update ``scale * A @ B`` that merging adds to the base kernel."""
