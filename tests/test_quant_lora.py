@@ -99,7 +99,7 @@ def test_lora_gradients_reach_the_first_layer_through_int8(mode):
     quantize_model(model, mode=mode)
     apply_lora(model, LoraConfig(r=2, target_modules=["query", "value"]))
     ids = jax.random.randint(jax.random.key(0), (2, 9), 1, 97)
-    grads = nnx.grad(lambda m: jnp.square(m(ids)).sum(), argnums=nnx.DiffState(0, LoraParam))(model)
+    grads = nnx.jit(nnx.grad(lambda m: jnp.square(m(ids)).sum(), argnums=nnx.DiffState(0, LoraParam)))(model)
     flat = {".".join(map(str, p)): np.asarray(v[...]) for p, v in nnx.to_flat_state(grads)}
     assert set(flat) and all("lora_" in p for p in flat)
     assert np.abs(flat["bert.encoder.layer.0.attention.self.value.lora_B"]).max() > 0

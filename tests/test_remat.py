@@ -20,7 +20,8 @@ def loss_and_grads(model, ids, mask):
         logits = out[0] if isinstance(out, tuple) else out
         return jnp.mean(jax.nn.logsumexp(logits, -1))
 
-    return jax.value_and_grad(loss)(params, rest), jax.make_jaxpr(jax.grad(loss))(params, rest)
+    # jitted: eagerly, every primitive compiles on its own (~15 s here, 10x that on a busy CI worker)
+    return jax.jit(jax.value_and_grad(loss))(params, rest), jax.make_jaxpr(jax.grad(loss))(params, rest)
 
 
 @pytest.mark.parametrize("family", ["bert", "gpt2"])
