@@ -6,8 +6,9 @@ the trained classifier, or a full fine-tune. Variants, each at lengths 32 and 12
 
 * ``jaxkernel lora/full [threefry|rbg|unsafe_rbg]``: ``make_train_step`` with the dropout key
   implementation switched through ``jax_default_prng_impl`` (the state's key is made with it);
-* ``pure-jax lora``: a minimal hand-written BERT + LoRA + dropout + optax step (jit, donation):
-  the floor jaxkernel's abstractions should stay close to;
+* ``pure-jax lora``: a minimal hand-written BERT + LoRA + dropout + optax step (jit, donation), its
+  dropout masks from the same pure function jaxkernel's ``Dropout`` calls: the floor jaxkernel's
+  abstractions should stay close to;
 * ``torch lora/full``: ``transformers`` ``BertForTokenClassification`` + ``peft`` LoRA, eager,
   the same optimizer, clip and dropout (``torch.set_num_threads`` = the JAX process's cores).
 
@@ -83,6 +84,8 @@ def jaxkernel_step(method: str, impl: str):
 # -- minimal hand-written JAX ---------------------------------------------------------------------
 def pure_jax_step():
     """BERT encoder + LoRA(q, v) + dropout + token-classification loss, nothing else."""
+    from jaxkernel.models.dropout import dropout_mask
+
     k = iter(jax.random.split(jax.random.key(0), 64))
 
     def normal(*shape):
@@ -109,8 +112,9 @@ def pure_jax_step():
         var = ((x - mu) ** 2).mean(-1, keepdims=True)
         return (x - mu) * jax.lax.rsqrt(var + 1e-12) * p[0] + p[1]
 
-    def drop(key, x, rate=0.1):
-        return jnp.where(jax.random.bernoulli(key, 1 - rate, x.shape), x / (1 - rate), 0)
+    def drop(key, x, rate=0.1):  # the same mask math as jaxkernel's Dropout (a pure function)
+        keep, scale = dropout_mask(key, rate, x.shape)
+        return jnp.where(keep, x * scale, 0)
 
     def loss_fn(params, frozen, batch, key):
         keys = iter(jax.random.split(key, 1 + 5 * LAYERS))
