@@ -9,6 +9,7 @@ import optax
 import pytest
 import torch
 import transformers
+from flax import nnx
 
 import jaxkernel
 from jaxkernel.compress.distill import DistillOutputs, DistillationModel, distillation_loss, keep_layers, unwrap_student
@@ -47,6 +48,9 @@ def test_teacher_is_frozen_inside_the_jitted_step(tmp_path, minilm_dir):
     np.testing.assert_array_equal(np.asarray(student.bert.encoder.layer[1].output.dense.kernel[...]),
                                   np.asarray(teacher.bert.encoder.layer[3].output.dense.kernel[...]))
     teacher_before = np.asarray(teacher.bert.encoder.layer[0].attention.self.query.kernel[...])
+    for _, module in nnx.iter_modules(student):  # a fixed objective, so three steps must lower it
+        if isinstance(module, nnx.Dropout):
+            module.rate = 0.0
     model = DistillationModel(student, teacher, hidden_map=(1, 3))
     tx = optax.adam(1e-2)
     model_def, state = init_train_state(model, tx)
@@ -133,8 +137,10 @@ def test_distillation_on_a_mesh_shards_the_teacher_and_equals_one_device(tmp_pat
     (loss_one, params_one), (loss_mesh, params_mesh) = results
     assert loss_mesh == pytest.approx(loss_one, rel=1e-5)
     for a, b in zip(jax.tree.leaves(params_one), jax.tree.leaves(params_mesh)):
-        # Adam moves every weight by ~lr (1e-2); reduction order differs across devices only at ~2e-6
-        np.testing.assert_allclose(a, b, rtol=0, atol=1e-5)
+        # Adam moves every weight by ~lr (1e-2) whatever its gradient's size, so a weight whose gradient is
+        # near zero turns the devices' different reduction order (~1e-7) into up to ~2e-5; a wrong teacher,
+        # mask or gradient would move weights by ~lr.
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-4)
 
 
 def test_default_hidden_map_puts_the_last_student_layer_on_the_teachers_last(tmp_path, shared_data, minilm_dir):
