@@ -27,6 +27,13 @@ def test_mask_rate_and_expectation():
     assert abs(keep.mean() - (1 - 6554 / 65536)) < 4 * np.sqrt(0.09 / keep.size)
 
 
+def test_rates_at_the_ends():
+    keep, scale = dropout_mask(jax.random.key(2), 0.999999, (8, 8))  # rounds to 65536 levels: still finite
+    assert scale == 65536.0
+    keep, scale = dropout_mask(jax.random.key(2), 0.0, (8, 8))
+    assert bool(np.asarray(keep).all()) and scale == 1.0
+
+
 def test_mask_is_a_function_of_key_and_shape():
     a, _ = dropout_mask(jax.random.key(3), 0.3, (5, 7, 9))
     b = jax.jit(lambda k: dropout_mask(k, 0.3, (5, 7, 9))[0])(jax.random.key(3))

@@ -69,9 +69,9 @@ def dropout_mask(key: jax.Array, rate: float, shape: tuple[int, ...]) -> tuple[j
 
     Returns:
       ``(keep, scale)``: ``keep`` is boolean of ``shape`` with ``P(keep) = 1 - t / 65536``,
-      ``t = round(rate * 65536)``; ``scale = 1 / P(keep)`` keeps the expectation exact.
+      ``t = min(round(rate * 65536), 65535)``; ``scale = 1 / P(keep)`` keeps the expectation exact.
     """
-    threshold = round(rate * _LEVELS)
+    threshold = min(round(rate * _LEVELS), _LEVELS - 1)  # a rate just under 1 still keeps 1 in 65536
     keep_prob = 1.0 - threshold / _LEVELS
     return random_uint16(key, shape) >= threshold, 1.0 / keep_prob
 
