@@ -26,8 +26,8 @@ the median window throughput (a steady-state figure that mostly excludes compile
 The PyTorch recipe: BertForTokenClassification from the same packaged MiniLM checkpoint,
 peft LoRA (r/alpha/dropout/target_modules from the preset, TOKEN_CLS, classifier in
 modules_to_save), AdamW (preset lr / weight decay, decay only on >=2-D parameters like
-jaxkernel, betas/eps/max_grad_norm from jaxkernel's defaults), linear schedule with
-warmup round(ratio * steps) to 0, batch 32 shuffled by torch.Generator(seed),
+jaxkernel, betas/eps/max_grad_norm from jaxkernel's defaults), the preset's schedule kind
+(linear / cosine to 0, or constant) after warmup round(ratio * steps), batch 32 shuffled by torch.Generator(seed),
 drop_last (as jaxkernel), dynamic padding per batch to the batch's longest sequence,
 max_length 128, first-sub-token labels (-100 elsewhere), the label order from
 jaxkernel's ``build_task_data(config).labels``. Evaluation: batch 32 in file order, the
@@ -220,7 +220,13 @@ def run_torch(args) -> dict:
     optimizer = torch.optim.AdamW(groups, lr=float(opt["learning_rate"]), betas=(b1, b2), eps=eps)
     steps = len(train_features) // batch_size
     warmup = min(int(round(sched["warmup_ratio"] * steps)), max(steps - 1, 0))
-    scheduler = transformers.get_linear_schedule_with_warmup(optimizer, warmup, steps)
+    kind = sched.get("kind", "linear")
+    if kind == "constant":
+        scheduler = transformers.get_constant_schedule_with_warmup(optimizer, warmup)
+    elif kind == "cosine":
+        scheduler = transformers.get_cosine_schedule_with_warmup(optimizer, warmup, steps)
+    else:
+        scheduler = transformers.get_linear_schedule_with_warmup(optimizer, warmup, steps)
     order = torch.randperm(len(train_features), generator=torch.Generator().manual_seed(seed)).tolist()
     build_s = time.perf_counter() - t_build
 
