@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from flax import nnx
 
 import jaxkernel
 from jaxkernel.models.attention import position_ids_from_mask
@@ -89,6 +90,12 @@ def ours(smollm2):
     return jaxkernel.from_pretrained(smollm2[0])
 
 
+@nnx.jit
+def logits_of(model, ids, mask):
+    """One compiled forward: run eagerly, each op of the 30 layers would compile on its own."""
+    return model(ids, mask)[0]
+
+
 def left_padded(tokenizer, texts, **kwargs):
     tokenizer.padding_side = "left"
     enc = tokenizer(texts, return_tensors="np", padding=True, **kwargs)
@@ -108,7 +115,7 @@ def test_logits_match_transformers_on_varied_prompts(smollm2, ours):
     positions = np.asarray(position_ids_from_mask(jnp.asarray(mask)))
     with torch.no_grad():
         ref = hf(torch.tensor(ids), attention_mask=torch.tensor(mask), position_ids=torch.tensor(positions)).logits
-    logits, _ = ours(ids, mask)
+    logits = logits_of(ours, ids, mask)
     real = mask.astype(bool)
     diff = np.abs(np.asarray(logits)[real] - ref.numpy()[real])
     per_prompt = [float(np.abs(np.asarray(logits)[i][real[i]] - ref.numpy()[i][real[i]]).max()) for i in range(len(PROMPTS))]
@@ -180,7 +187,7 @@ def test_lora_preset_lowers_shakespeare_perplexity_and_merged_export_reloads(smo
     export = trainer.export(tmp_path / "merged", merged=True)
     merged = transformers.AutoModelForCausalLM.from_pretrained(export, dtype=torch.float32).eval()
     batch = next(iter(trainer.evaluate_loader("eval")))
-    ours = np.asarray(trainer.model_for_inference()(batch["input_ids"], batch["attention_mask"])[0])
+    ours = np.asarray(logits_of(trainer.model_for_inference(), batch["input_ids"], batch["attention_mask"]))
     with torch.no_grad():
         theirs = merged(input_ids=torch.as_tensor(np.asarray(batch["input_ids"]), dtype=torch.long),
                         attention_mask=torch.as_tensor(np.asarray(batch["attention_mask"]))).logits.numpy()
