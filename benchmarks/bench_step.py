@@ -63,7 +63,9 @@ def jaxkernel_step(method: str, impl: str):
     from jaxkernel.train.step import init_train_state, make_train_step
 
     jax.config.update("jax_default_prng_impl", impl)
-    config = load_config("configs/bert_ner_lora.yaml", [f"peft.method={method}"])
+    # LoRA dropout 0.1 and lr 1e-3 as the PyTorch and pure-JAX sides below (the preset's values until 2026-11-29)
+    config = load_config("configs/bert_ner_lora.yaml", [f"peft.method={method}", "peft.dropout=0.1",
+                                                        "optimizer.learning_rate=1e-3"])
     labels = ("O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC")
     model = build_model(config, labels=labels)
     optimizer = tx()
