@@ -13,11 +13,11 @@ import numpy as np
 import pytest
 import torch
 import transformers
-from flax import nnx
 
 import jaxkernel
 from jaxkernel.models.attention import position_ids_from_mask
 from jaxkernel.models.generation import generate
+from jaxkernel.train.step import compiled_forward
 
 pytestmark = pytest.mark.slow
 
@@ -90,10 +90,8 @@ def ours(smollm2):
     return jaxkernel.from_pretrained(smollm2[0])
 
 
-@nnx.jit
 def logits_of(model, ids, mask):
-    """One compiled forward: run eagerly, each op of the 30 layers would compile on its own."""
-    return model(ids, mask)[0]
+    return compiled_forward(model, {"input_ids": ids, "attention_mask": mask})
 
 
 def left_padded(tokenizer, texts, **kwargs):

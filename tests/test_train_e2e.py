@@ -6,11 +6,11 @@ import peft
 import pytest
 import torch
 import transformers
-from flax import nnx
 
 from jaxkernel.config import load_config
 from jaxkernel.train.loop import Trainer
 from jaxkernel.train.predict import predict_rows
+from jaxkernel.train.step import compiled_forward
 from train_fixtures import lm_config, tiny_gpt2_dir
 
 pytestmark = pytest.mark.slow
@@ -23,14 +23,8 @@ def torch_logits(model, batch):
         return model(**inputs).logits.numpy()
 
 
-@nnx.jit
-def _forward(model, kwargs):
-    return model(**kwargs)  # one compiled program: eagerly every op compiles on its own
-
-
-def our_logits(trainer, batch, keys=("input_ids", "attention_mask", "token_type_ids")):
-    out = _forward(trainer.model_for_inference(), {k: batch[k] for k in keys if k in batch})
-    return np.asarray(out[0] if isinstance(out, tuple) else out)
+def our_logits(trainer, batch):
+    return np.asarray(compiled_forward(trainer.model_for_inference(), batch))
 
 
 def test_ner_lora_preset_reaches_f1_and_exports(tmp_path):
@@ -109,7 +103,7 @@ def test_gpt2_full_fine_tune_lowers_perplexity_and_exports(shakespeare_gpt2):
     assert after < 0.5 * before
     batch = next(iter(trainer.evaluate_loader("eval")))
     merged = transformers.AutoModelForCausalLM.from_pretrained(export).eval()
-    ours = our_logits(trainer, batch, keys=("input_ids", "attention_mask"))
+    ours = our_logits(trainer, batch)
     theirs = torch_logits(merged, batch)
     np.testing.assert_array_equal(theirs.argmax(-1), ours.argmax(-1))
     np.testing.assert_allclose(theirs, ours, atol=1e-4)

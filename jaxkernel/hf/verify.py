@@ -159,20 +159,11 @@ def _deterministic(model: nnx.Module):
             m.deterministic = value
 
 
-@nnx.jit(static_argnames="inputs")
-def _forward(model: nnx.Module, batch: dict, inputs: tuple[str, ...]):
-    """One compiled program: running a model eagerly compiles each of its ops (3x slower for a MiniLM)."""
-    from jaxkernel.train.step import forward
-
-    return forward(model, batch, inputs)
-
-
 def _outputs(model: nnx.Module, batch: dict) -> list[np.ndarray]:
-    from jaxkernel.train.step import _model_inputs
+    from jaxkernel.train.step import compiled_forward
 
     with _deterministic(model):
-        inputs = _model_inputs(model)
-        out = _forward(model, {k: v for k, v in batch.items() if k in inputs}, inputs)
+        out = compiled_forward(model, batch)
     out = list(out) if isinstance(out, tuple) else [out]
     return [np.asarray(o, np.float32) for o in out if o is not None]
 
