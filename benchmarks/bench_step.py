@@ -18,6 +18,11 @@ plus the embeddings): one ``bernoulli`` per element as ``nnx.Dropout`` does, vs 
 ``Dropout`` (16-bit thresholds, four per threefry hash; other key implementations draw 16 bits
 per element), per key implementation.
 
+Host memory: ``--host-memory keep`` (the default, what ``jaxkernel train`` does) applies
+``jaxkernel.train.host_memory.keep_host_memory`` before JAX starts; as the setting is process-wide the
+PyTorch variants in the same process run under it too. ``--host-memory default`` leaves glibc's
+allocator as it is, for both.
+
 Timing: all variants compile first, then rounds run each variant for ``--steps`` steps in turn
 (round-robin, so load changes on a shared machine hit all variants alike); the table gives the
 median step time over all rounds and the ratio to ``jaxkernel lora [threefry]``.
@@ -59,7 +64,7 @@ def tx():
 def jaxkernel_step(method: str, impl: str):
     from jaxkernel.config import load_config
     from jaxkernel.peft import trainable_filter
-    from jaxkernel.train.build import build_model
+    from jaxkernel.train.build import build_model, build_optimizer
     from jaxkernel.train.step import init_train_state, make_train_step
 
     jax.config.update("jax_default_prng_impl", impl)
@@ -68,7 +73,7 @@ def jaxkernel_step(method: str, impl: str):
                                                         "optimizer.learning_rate=1e-3"])
     labels = ("O", "B-PER", "I-PER", "B-ORG", "I-ORG", "B-LOC", "I-LOC")
     model = build_model(config, labels=labels)
-    optimizer = tx()
+    optimizer, _ = build_optimizer(config, 10_000, model)  # the trainer's: clip + AdamW with the no-decay mask
     model_def, state = init_train_state(model, optimizer, trainable=trainable_filter(model), seed=0)
     step = make_train_step(model_def, optimizer)
     jax.config.update("jax_default_prng_impl", "threefry2x32")
@@ -262,7 +267,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--skip", nargs="*", default=[], help="variant name prefixes to skip (torch, pure-jax, masks...)")
     parser.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
+    parser.add_argument("--host-memory", choices=("keep", "default"), default="keep",
+                        help="keep: glibc keeps freed memory for reuse, as jaxkernel's trainer sets it")
     args = parser.parse_args()
+    if args.host_memory == "keep":
+        from jaxkernel.train.host_memory import keep_host_memory
+
+        print(f"host memory kept for reuse: {keep_host_memory()}", flush=True)
     print(f"jax {jax.__version__} on {jax.devices()[0].platform}, {len(os.sched_getaffinity(0))} cores, "
           f"load {os.getloadavg()}", flush=True)
     batches = {t: make_batch(t) for t in args.lengths}

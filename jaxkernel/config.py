@@ -291,6 +291,9 @@ class TrainConfig:
     # Keep compiled XLA programs on disk so an identical later run compiles (almost) nothing:
     # in $JAXKERNEL_CACHE_DIR, else ~/.cache/jaxkernel/xla. JAXKERNEL_CACHE_DIR=off also disables it.
     compilation_cache: bool = True
+    # On Linux CPUs, keep freed host memory for reuse (glibc mallopt) instead of returning it after every
+    # step: XLA's per-step scratch buffer then stops page-faulting. JAXKERNEL_KEEP_HOST_MEMORY=0 also disables it.
+    keep_host_memory: bool = True
     run_dir: str = "runs/run"  # checkpoints, logs and the resolved config.yaml go here; train resumes from it
 
     def __post_init__(self):

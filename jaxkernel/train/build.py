@@ -22,6 +22,7 @@ from flax import nnx
 from jaxkernel.config import Config, ConfigError, resolve_path
 from jaxkernel.hf.pretrained import from_pretrained
 from jaxkernel.models.registry import family_of
+from jaxkernel.train.clipping import clip_by_global_norm
 
 
 def build_model(config: Config, labels: tuple[str, ...] | None = None, *, mesh=None, rules=None) -> nnx.Module:
@@ -130,7 +131,7 @@ def build_optimizer(
     o = config.optimizer
     schedule = build_schedule(config, total_steps)
     adamw = optax.adamw(schedule, b1=o.b1, b2=o.b2, eps=o.eps, weight_decay=o.weight_decay, mask=decay_mask)
-    chain = [optax.clip_by_global_norm(o.max_grad_norm)] if o.max_grad_norm else []
+    chain = [clip_by_global_norm(o.max_grad_norm)] if o.max_grad_norm else []
     if config.peft.method == "adalora":  # orthogonality regulariser + PEFT's rank allocator around AdamW
         from jaxkernel.peft.adalora_budget import adalora_optimizer
 

@@ -41,6 +41,7 @@ from jaxkernel.data import build_loader, build_task_data
 from jaxkernel.data.loader import DataLoader
 from jaxkernel.train.build import build_mesh, build_model, build_optimizer
 from jaxkernel.train.compile_cache import CompileTimed, enable_compilation_cache
+from jaxkernel.train.host_memory import keep_host_memory
 from jaxkernel.train.evaluate import evaluate_split
 from jaxkernel.train.step import (
     accumulate_train_metrics, init_train_state, make_eval_step, make_train_step, model_from_state,
@@ -129,6 +130,7 @@ class Trainer:
             instead of using the untrained model: for eval, predict and export.
         """
         self.config = config
+        keep_host_memory(config.train.keep_host_memory)  # before JAX's threads first allocate
         self.compile_cache = enable_compilation_cache(config.train.compilation_cache)  # before the first compile
         self.run_dir = run_path(config.train.run_dir)
         self.is_main = jax.process_index() == 0
