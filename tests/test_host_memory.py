@@ -59,3 +59,11 @@ def test_kept_memory_is_reused_without_page_faults():
 
 def test_the_environment_variable_turns_it_off():
     assert not _probe("on", JAXKERNEL_KEEP_HOST_MEMORY="0")["applied"]
+
+
+def test_after_jax_started_it_changes_nothing():
+    code = ("import jax, jax.numpy as jnp; jnp.ones(3).block_until_ready()\n"
+            "from jaxkernel.train.host_memory import keep_host_memory\n"
+            "print('RESULT', keep_host_memory())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True).stdout
+    assert "RESULT False" in out

@@ -12,8 +12,9 @@ step, LoRA ~3% and full fine-tuning ~10% faster (``benchmarks/results/host_memor
 
 The cost: the process keeps its peak host memory until it exits (a training step reaches that peak
 every step anyway). glibc only (Linux); elsewhere it does nothing. It must run before JAX starts
-its backend (its threads pick their arena on their first allocation): the trainer calls it first
-thing; in a notebook call it before any JAX computation. ``train.keep_host_memory=false`` or
+its backend (its threads pick their arena on their first allocation); after that it does nothing
+and says so in the log. The trainer calls it first thing; in a notebook call it before any JAX
+computation. ``train.keep_host_memory=false`` or
 ``JAXKERNEL_KEEP_HOST_MEMORY=0`` leaves the allocator alone.
 
 Example::
@@ -54,13 +55,14 @@ def keep_host_memory(enabled: bool = True) -> bool:
         return False
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
+    if _backend_started():  # its threads have their own arenas already: half the setting, all of its cost
+        log.info("host memory is managed as glibc's defaults say: JAX had already started (call "
+                 "jaxkernel.train.host_memory.keep_host_memory() before the first JAX computation)")
+        return False
     libc = ctypes.CDLL(None)
     settings = ((_M_ARENA_MAX, 1), (_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1))
     if not all(libc.mallopt(option, value) == 1 for option, value in settings):
         log.debug("mallopt refused a setting: host memory is managed as glibc's defaults say")
         return False
-    if _backend_started():
-        log.info("host memory is now kept for reuse, but JAX had already started: its worker threads keep "
-                 "their own allocator arenas (call keep_host_memory() before the first JAX computation)")
     _applied = True
     return True
