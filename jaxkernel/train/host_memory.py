@@ -7,8 +7,9 @@ ends, so the next step touches brand-new pages again: ~62,000 page faults per Lo
 per full fine-tune step, measured with ``getrusage``. Three ``mallopt`` settings keep that memory
 in the heap for reuse: one malloc arena (worker threads would otherwise use per-thread arenas,
 whose large blocks always come from ``mmap``), no ``mmap`` for allocations, and no trimming of the
-heap's free top. Measured side by side on the default recipe's step (2-core machine): 0 faults per
-step, LoRA ~3% and full fine-tuning ~10% faster (``benchmarks/results/host_memory-2026-11-29.txt``).
+heap's free top. Measured side by side on the default recipe's step (2-core machine, one process per
+setting): 0 faults per step; LoRA 0.73x / 0.87x / 0.86x / 0.96x the step time at 16 / 24 / 32 / 128 tokens, full
+fine-tuning 0.77x / 0.82x at 32 / 128 (``benchmarks/bench_host_memory.py``, results of 2026-11-29).
 
 The cost: the process keeps its peak host memory until it exits (a training step reaches that peak
 every step anyway). glibc only (Linux); elsewhere it does nothing. It must run before JAX starts
